@@ -1,0 +1,465 @@
+//! The configuration file's shape (SPEC.md section 2), exactly as written by the operator.
+//!
+//! Every struct rejects unknown keys. Maps are `IndexMap`s so that upstream groups and routes keep the
+//! order of the file: nothing downstream depends on hash order.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which section drives the proxy.
+    pub mode: Mode,
+    /// Listener, timeouts and pooling.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Log level and format.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Upstream groups by name, in file order.
+    #[serde(default)]
+    pub upstreams: IndexMap<String, UpstreamConfig>,
+    /// The load_balancer section (mode load_balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerConfig>,
+    /// The api_gateway section (mode api_gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_gateway: Option<ApiGatewayConfig>,
+    /// The control API.
+    #[serde(default)]
+    pub control_api: ControlApiConfig,
+}
+
+/// What the proxy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every request goes to one upstream group.
+    #[serde(alias = "lb")]
+    LoadBalancer,
+    /// Requests are routed by path and method, through middlewares.
+    #[serde(alias = "gateway")]
+    ApiGateway,
+}
+
+impl Mode {
+    /// The short name used in metrics and on the command line (`lb` or `gateway`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Mode::LoadBalancer => "lb",
+            Mode::ApiGateway => "gateway",
+        }
+    }
+}
+
+/// The `server` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the proxy listens (`ip:port`).
+    pub bind_address: String,
+    /// Pingora worker threads; default the number of cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Read timeout for routes without their own, and for load_balancer mode.
+    pub upstream_timeout_secs: u64,
+    /// How long in-flight requests may run on after SIGTERM.
+    pub graceful_shutdown_timeout_secs: u64,
+    /// Peers whose X-Forwarded-For is believed (CIDR or single address).
+    pub trusted_proxies: Vec<String>,
+    /// TLS on the listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Upstream connection reuse.
+    pub connection_pool: PoolConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind_address: "0.0.0.0:8484".into(),
+            workers: None,
+            upstream_timeout_secs: 30,
+            graceful_shutdown_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
+            tls: None,
+            connection_pool: PoolConfig::default(),
+        }
+    }
+}
+
+/// Certificate and key for TLS termination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: String,
+    /// PEM private key.
+    pub key_path: String,
+}
+
+/// The `server.connection_pool` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle keep-alive connections kept per worker.
+    pub max_idle: usize,
+    /// An idle pooled connection is closed after this.
+    pub idle_timeout_secs: u64,
+    /// TCP (and TLS) connect timeout to an upstream server.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { max_idle: 128, idle_timeout_secs: 60, connect_timeout_secs: 10 }
+    }
+}
+
+/// The `logging` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// trace | debug | info | warn | error (RUST_LOG wins when set).
+    pub level: String,
+    /// text | json.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One upstream group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The servers, in order.
+    pub servers: Vec<ServerEntry>,
+    /// How a server is chosen.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// For consistent: `header:NAME`, `client_ip` or `path` (default client_ip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    /// Extra attempts on another server when connecting fails.
+    #[serde(default = "one")]
+    pub retries: u32,
+    /// TLS to the servers.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name when `tls` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Active health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Outlier detection from live traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A server: `"host:port"` or `{address, weight}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerEntry {
+    /// Just the address; weight 1.
+    Address(String),
+    /// Address and weight.
+    Weighted(WeightedServer),
+}
+
+impl ServerEntry {
+    /// The `host:port` address.
+    pub fn address(&self) -> &str {
+        match self {
+            ServerEntry::Address(a) => a,
+            ServerEntry::Weighted(w) => &w.address,
+        }
+    }
+
+    /// The weight (1 when not given).
+    pub fn weight(&self) -> u32 {
+        match self {
+            ServerEntry::Address(_) => 1,
+            ServerEntry::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// A server with an explicit weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedServer {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of traffic for weighted strategies.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// How a server is chosen within a group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to weights.
+    Weighted,
+    /// At random, in proportion to weights.
+    Random,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+    /// Ketama hashing on `hash_key`.
+    Consistent,
+}
+
+/// Active health checking of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Seconds between checks of a server.
+    #[serde(default = "ten")]
+    pub interval_secs: u64,
+    /// Seconds before a check counts as failed.
+    #[serde(default = "two")]
+    pub timeout_secs: u64,
+    /// HTTP GET path (2xx = healthy); absent = TCP connect check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Consecutive successes to come back.
+    #[serde(default = "one")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to go down.
+    #[serde(default = "one")]
+    pub unhealthy_threshold: u32,
+}
+
+fn ten() -> u64 {
+    10
+}
+fn two() -> u64 {
+    2
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Connect errors or 5xx in a row that take a server out.
+    pub consecutive_failures: u32,
+    /// Seconds before an ejected server is tried again.
+    #[serde(default = "thirty")]
+    pub cooldown_secs: u64,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+/// The `load_balancer` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    /// The one upstream group.
+    pub upstream: String,
+}
+
+/// The `api_gateway` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiGatewayConfig {
+    /// Routes by name, in file order.
+    #[serde(default)]
+    pub routes: IndexMap<String, RouteConfig>,
+    /// Middleware settings shared by the routes that list them.
+    #[serde(default)]
+    pub middlewares: MiddlewaresConfig,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Regex on the path.
+    pub path_pattern: String,
+    /// Accepted methods; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// The upstream group.
+    pub upstream: String,
+    /// Remove the matched part of the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Upstream read timeout for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Middlewares, run in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub middlewares: Vec<String>,
+}
+
+/// The `api_gateway.middlewares` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiddlewaresConfig {
+    /// Token-bucket rate limiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiting: Option<RateLimitConfig>,
+    /// JWT authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<AuthConfig>,
+    /// CORS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// Rate limiting settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Refill rate.
+    pub requests_per_minute: u32,
+    /// Bucket capacity (default requests_per_minute / 60, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_size: Option<u32>,
+    /// Header whose value keys the bucket; the client IP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_header: Option<String>,
+}
+
+/// JWT authentication settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret (HS256/384/512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key (RS*/ES*/EdDSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_path: Option<String>,
+    /// Accepted algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Allowed clock skew for exp/nbf.
+    #[serde(default = "thirty")]
+    pub leeway_secs: u64,
+    /// Paths that skip the check: exact, or a regex when it starts with `^`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_paths: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["HS256".into()]
+}
+
+/// CORS settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Allowed origins, or `["*"]`.
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for.
+    pub allowed_methods: Vec<String>,
+    /// Headers a preflight may ask for.
+    pub allowed_headers: Vec<String>,
+    /// Response headers the browser may read.
+    pub expose_headers: Vec<String>,
+    /// Send Access-Control-Allow-Credentials.
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime.
+    pub max_age_secs: u64,
+}
+
+/// The `control_api` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlApiConfig {
+    /// Serve the control API.
+    pub enabled: bool,
+    /// Where it listens.
+    pub bind_address: String,
+    /// Bearer key; absent = no auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+}
+
+impl Default for ControlApiConfig {
+    fn default() -> Self {
+        Self { enabled: true, bind_address: "127.0.0.1:8485".into(), api_key: None }
+    }
+}
+
+/// A secret string: its `Debug` never shows the value, so it cannot leak through a log of the config.
+///
+/// It accepts a number or boolean too, because `${API_KEY}` with a numeric value is retyped by
+/// interpolation and must still be taken as the string it spells.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Uint(u64),
+            Float(f64),
+            Flag(bool),
+        }
+        Ok(Secret(match Raw::deserialize(de)? {
+            Raw::Text(s) => s,
+            Raw::Int(n) => n.to_string(),
+            Raw::Uint(n) => n.to_string(),
+            Raw::Float(n) => n.to_string(),
+            Raw::Flag(b) => b.to_string(),
+        }))
+    }
+}
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that must compare or use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}

@@ -1,0 +1,271 @@
+//! Validation: every rule of SPEC.md section 2, each problem named by its field path, all collected.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::{Config, ConfigError, ConfigErrors, Mode, UpstreamConfig};
+use crate::method::MethodSet;
+use crate::middleware::{self, Kind, Middlewares};
+use crate::route::{RouteSpec, RouteTable};
+use crate::upstream::{ActiveCheck, GroupSpec, HashKey, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds};
+
+/// The name of the one route in load_balancer mode.
+pub const LB_ROUTE: &str = "default";
+
+/// A configuration that passed validation, with everything compiled from it.
+#[derive(Debug)]
+pub struct ValidConfig {
+    /// The config as written (after interpolation).
+    pub config: Config,
+    pub(crate) groups: Vec<GroupSpec>,
+    pub(crate) routes: RouteTable,
+    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) middlewares: Middlewares,
+}
+
+impl ValidConfig {
+    /// One line for `locci-proxy check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "config ok: mode {}, {} upstream group(s), {} server(s), {} route(s)",
+            self.config.mode.short(),
+            self.groups.len(),
+            self.groups.iter().map(|g| g.servers.len()).sum::<usize>(),
+            self.routes.routes().len()
+        )
+    }
+}
+
+/// Checks a parsed config and compiles it; returns every problem found.
+pub fn validate(config: Config) -> Result<ValidConfig, ConfigErrors> {
+    let mut p = Problems::default();
+    check_server(&config, &mut p);
+    check_logging(&config, &mut p);
+    let groups: Vec<GroupSpec> = config.upstreams.iter().filter_map(|(name, u)| group_spec(name, u, &mut p)).collect();
+    let group_index = |name: &str| config.upstreams.get_index_of(name);
+    let middlewares = match &config.api_gateway {
+        Some(gw) => middleware::compile(&gw.middlewares, &mut |path, msg| p.add(path, msg)),
+        None => Middlewares::default(),
+    };
+    let mut specs = Vec::new();
+    match config.mode {
+        Mode::LoadBalancer => match &config.load_balancer {
+            None => p.add("load_balancer", "mode load_balancer needs a load_balancer section"),
+            Some(lb) => match group_index(&lb.upstream) {
+                None => p.add("load_balancer.upstream", format!("unknown upstream {:?}", lb.upstream)),
+                Some(group) => specs.push(RouteSpec {
+                    name: LB_ROUTE.into(),
+                    pattern: String::new(),
+                    methods: MethodSet::ANY,
+                    group,
+                    upstream: lb.upstream.clone(),
+                    strip_prefix: false,
+                    timeout: None,
+                    middlewares: Vec::new(),
+                }),
+            },
+        },
+        Mode::ApiGateway => match &config.api_gateway {
+            None => p.add("api_gateway", "mode api_gateway needs an api_gateway section"),
+            Some(gw) if gw.routes.is_empty() => p.add("api_gateway.routes", "no routes"),
+            Some(gw) => {
+                for (name, route) in &gw.routes {
+                    let path = format!("api_gateway.routes.{name}");
+                    let methods = match MethodSet::parse(route.methods.iter().map(String::as_str)) {
+                        Ok(m) => m,
+                        Err(bad) => {
+                            p.add(format!("{path}.methods"), format!("unknown method(s): {}", bad.join(", ")));
+                            MethodSet::ANY
+                        }
+                    };
+                    if route.timeout_secs == Some(0) {
+                        p.add(format!("{path}.timeout_secs"), "must be at least 1");
+                    }
+                    let mut kinds = Vec::new();
+                    for (i, m) in route.middlewares.iter().enumerate() {
+                        match Kind::parse(m) {
+                            None => p.add(
+                                format!("{path}.middlewares[{i}]"),
+                                format!("unknown middleware {m:?} (known: rate_limit, auth, cors)"),
+                            ),
+                            Some(k) if !middlewares.configured(k) => p.add(
+                                format!("{path}.middlewares[{i}]"),
+                                format!(
+                                    "middleware {m:?} is not configured in api_gateway.middlewares.{}",
+                                    k.section()
+                                ),
+                            ),
+                            Some(k) => kinds.push(k),
+                        }
+                    }
+                    match group_index(&route.upstream) {
+                        None => p.add(format!("{path}.upstream"), format!("unknown upstream {:?}", route.upstream)),
+                        Some(group) => specs.push(RouteSpec {
+                            name: name.clone(),
+                            pattern: route.path_pattern.clone(),
+                            methods,
+                            group,
+                            upstream: route.upstream.clone(),
+                            strip_prefix: route.strip_prefix,
+                            timeout: route.timeout_secs.map(Duration::from_secs),
+                            middlewares: kinds,
+                        }),
+                    }
+                }
+            }
+        },
+    }
+    let routes = match RouteTable::compile(specs) {
+        Ok(t) => Some(t),
+        Err((route, e)) => {
+            p.add(format!("api_gateway.routes.{route}.path_pattern"), format!("invalid regex: {e}"));
+            None
+        }
+    };
+    let trusted = trusted_proxies(&config, &mut p);
+    match (p.0.is_empty(), routes) {
+        (true, Some(routes)) => Ok(ValidConfig { config, groups, routes, trusted, middlewares }),
+        _ => Err(ConfigErrors(p.0)),
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::at(path, message));
+    }
+}
+
+fn check_server(config: &Config, p: &mut Problems) {
+    let s = &config.server;
+    if s.bind_address.parse::<SocketAddr>().is_err() {
+        p.add("server.bind_address", format!("{:?} is not ip:port", s.bind_address));
+    }
+    if s.workers == Some(0) {
+        p.add("server.workers", "must be at least 1");
+    }
+    if s.upstream_timeout_secs == 0 {
+        p.add("server.upstream_timeout_secs", "must be at least 1");
+    }
+    if s.connection_pool.connect_timeout_secs == 0 {
+        p.add("server.connection_pool.connect_timeout_secs", "must be at least 1");
+    }
+    if s.connection_pool.idle_timeout_secs == 0 {
+        p.add("server.connection_pool.idle_timeout_secs", "must be at least 1");
+    }
+    if let Some(tls) = &s.tls {
+        for (field, file) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
+            if !Path::new(file).is_file() {
+                p.add(format!("server.tls.{field}"), format!("file {file:?} does not exist"));
+            }
+        }
+    }
+    let c = &config.control_api;
+    if c.enabled && c.bind_address.parse::<SocketAddr>().is_err() {
+        p.add("control_api.bind_address", format!("{:?} is not ip:port", c.bind_address));
+    }
+}
+
+fn check_logging(config: &Config, p: &mut Problems) {
+    let level = config.logging.level.to_ascii_lowercase();
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        p.add("logging.level", format!("{:?} is not one of trace, debug, info, warn, error", config.logging.level));
+    }
+}
+
+fn trusted_proxies(config: &Config, p: &mut Problems) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, text) in config.server.trusted_proxies.iter().enumerate() {
+        match text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
+            Ok(net) => nets.push(net),
+            Err(_) => p.add(format!("server.trusted_proxies[{i}]"), format!("{text:?} is not an address or CIDR")),
+        }
+    }
+    nets
+}
+
+fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupSpec> {
+    let path = format!("upstreams.{name}");
+    let before = p.0.len();
+    if u.servers.is_empty() {
+        p.add(format!("{path}.servers"), "no servers");
+    }
+    if u.servers.len() > MAX_SERVERS {
+        p.add(format!("{path}.servers"), format!("more than {MAX_SERVERS} servers"));
+    }
+    let mut servers: Vec<(ServerAddr, u32)> = Vec::new();
+    for (i, entry) in u.servers.iter().enumerate() {
+        match ServerAddr::parse(entry.address()) {
+            Ok(addr) if servers.iter().any(|(a, _)| a.text == addr.text) => {
+                p.add(format!("{path}.servers[{i}]"), format!("{:?} is listed twice", addr.text))
+            }
+            Ok(addr) => servers.push((addr, entry.weight())),
+            Err(e) => p.add(format!("{path}.servers[{i}]"), e),
+        }
+        if !(1..=MAX_WEIGHT).contains(&entry.weight()) {
+            p.add(format!("{path}.servers[{i}].weight"), format!("must be 1 to {MAX_WEIGHT}"));
+        }
+    }
+    let hash_key = match u.hash_key.as_deref() {
+        None | Some("client_ip") => HashKey::ClientIp,
+        Some("path") => HashKey::Path,
+        Some(h) => match h.strip_prefix("header:") {
+            Some(name) if !name.is_empty() => HashKey::Header(name.to_ascii_lowercase()),
+            _ => {
+                p.add(format!("{path}.hash_key"), format!("{h:?} is not header:NAME, client_ip or path"));
+                HashKey::ClientIp
+            }
+        },
+    };
+    if u.tls && u.sni.as_deref().is_some_and(str::is_empty) {
+        p.add(format!("{path}.sni"), "must not be empty");
+    }
+    let active = u.health_check.as_ref().map(|h| {
+        if h.interval_secs == 0 {
+            p.add(format!("{path}.health_check.interval_secs"), "must be at least 1");
+        }
+        if h.timeout_secs == 0 {
+            p.add(format!("{path}.health_check.timeout_secs"), "must be at least 1");
+        }
+        if h.healthy_threshold == 0 {
+            p.add(format!("{path}.health_check.healthy_threshold"), "must be at least 1");
+        }
+        if h.unhealthy_threshold == 0 {
+            p.add(format!("{path}.health_check.unhealthy_threshold"), "must be at least 1");
+        }
+        if h.path.as_deref().is_some_and(|x| !x.starts_with('/')) {
+            p.add(format!("{path}.health_check.path"), "must start with /");
+        }
+        ActiveCheck {
+            interval: Duration::from_secs(h.interval_secs),
+            timeout: Duration::from_secs(h.timeout_secs),
+            path: h.path.clone(),
+            thresholds: Thresholds { healthy: h.healthy_threshold, unhealthy: h.unhealthy_threshold },
+        }
+    });
+    let passive = u.passive.as_ref().map(|x| {
+        if x.consecutive_failures == 0 {
+            p.add(format!("{path}.passive.consecutive_failures"), "must be at least 1");
+        }
+        if x.cooldown_secs == 0 {
+            p.add(format!("{path}.passive.cooldown_secs"), "must be at least 1");
+        }
+        Passive { consecutive_failures: x.consecutive_failures, cooldown: Duration::from_secs(x.cooldown_secs) }
+    });
+    (p.0.len() == before).then(|| GroupSpec {
+        name: name.into(),
+        servers,
+        strategy: u.strategy,
+        hash_key,
+        retries: u.retries,
+        tls: u.tls,
+        sni: u.sni.clone(),
+        active,
+        passive,
+    })
+}

@@ -1,0 +1,113 @@
+//! Who the client is, and what the upstream is told about it: client IP, X-Forwarded-*, request IDs,
+//! hop-by-hop headers.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::clock::Entropy;
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 section 7.6.1).
+pub const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Longest accepted client-sent request ID.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client IP: the TCP peer, unless the peer is a trusted proxy; then the right-most address in
+/// X-Forwarded-For that is not itself trusted (addresses that do not parse end the walk).
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for part in xff.unwrap_or("").rsplit(',') {
+        match part.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The X-Forwarded-For value for the upstream: the incoming value with the peer appended.
+pub fn forwarded_for(existing: Option<&str>, peer: IpAddr) -> String {
+    match existing {
+        Some(v) if !v.trim().is_empty() => format!("{v}, {peer}"),
+        _ => peer.to_string(),
+    }
+}
+
+/// The request ID: the client's when it is 1 to 128 characters of `[A-Za-z0-9._:-]`, else a new UUID.
+pub fn request_id<'a>(sent: Option<&'a str>, entropy: &dyn Entropy) -> Cow<'a, str> {
+    match sent {
+        Some(id) if valid_request_id(id) => Cow::Borrowed(id),
+        _ => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&entropy.next_u64().to_le_bytes());
+            bytes[8..].copy_from_slice(&entropy.next_u64().to_le_bytes());
+            Cow::Owned(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
+        }
+    }
+}
+
+fn valid_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Header names listed in a `Connection` header, which are hop-by-hop for this message too.
+pub fn connection_listed(connection: Option<&str>) -> impl Iterator<Item = &str> {
+    connection.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SeededEntropy;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"])), peer);
+    }
+
+    #[test]
+    fn trusted_peer_yields_the_rightmost_untrusted_address() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(peer, Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, None, &trusted), peer);
+        assert_eq!(client_ip(peer, Some("garbage"), &trusted), peer);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(forwarded_for(None, peer), "127.0.0.1");
+        assert_eq!(forwarded_for(Some("1.2.3.4"), peer), "1.2.3.4, 127.0.0.1");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
+        let e = SeededEntropy::new(1);
+        assert_eq!(request_id(Some("abc-123:x.y_z"), &e), "abc-123:x.y_z");
+        for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
+            let id = request_id(Some(bad), &e);
+            assert_eq!(id.len(), 36, "{bad:?} -> {id}");
+            assert_ne!(id, bad);
+        }
+        assert_ne!(request_id(None, &e), request_id(None, &e));
+    }
+}

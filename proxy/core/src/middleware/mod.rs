@@ -1,0 +1,187 @@
+//! Middlewares: rate limiting, JWT authentication and CORS, compiled at load and run in a route's order.
+//!
+//! The chain runs before an upstream is chosen; the first middleware that answers ends the request.
+//! Each middleware is a pure decision over the request and the time; the only state is the rate limiter's
+//! buckets.
+
+mod auth;
+mod cors;
+mod rate_limit;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use auth::{AuthReject, Authenticator};
+pub use cors::{Cors, CorsDecision};
+pub use rate_limit::{Decision as RateDecision, MAX_KEY_LEN, MAX_KEYS, RateLimiter, RateSettings};
+
+use crate::config::MiddlewaresConfig;
+use crate::request::RequestInfo;
+use crate::respond::Reply;
+
+/// A middleware a route may list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `rate_limit` (or `rate_limiting`).
+    RateLimit,
+    /// `auth` (or `authentication`).
+    Auth,
+    /// `cors`.
+    Cors,
+}
+
+impl Kind {
+    /// The kind a route's middleware name stands for.
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "rate_limit" | "rate_limiting" => Some(Kind::RateLimit),
+            "auth" | "authentication" => Some(Kind::Auth),
+            "cors" => Some(Kind::Cors),
+            _ => None,
+        }
+    }
+
+    /// Its section under `api_gateway.middlewares`.
+    pub fn section(self) -> &'static str {
+        match self {
+            Kind::RateLimit => "rate_limiting",
+            Kind::Auth => "authentication",
+            Kind::Cors => "cors",
+        }
+    }
+}
+
+/// The compiled middleware settings shared by all routes.
+#[derive(Debug, Default)]
+pub struct Middlewares {
+    /// Rate-limit settings (each route gets its own buckets).
+    pub rate_limit: Option<RateSettings>,
+    /// The JWT verifier.
+    pub auth: Option<Arc<Authenticator>>,
+    /// CORS policy.
+    pub cors: Option<Arc<Cors>>,
+}
+
+impl Middlewares {
+    /// Whether `kind` has a section in the config.
+    pub fn configured(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::RateLimit => self.rate_limit.is_some(),
+            Kind::Auth => self.auth.is_some(),
+            Kind::Cors => self.cors.is_some(),
+        }
+    }
+}
+
+/// Compiles the middleware sections; problems go to `problem(path, message)`.
+pub fn compile(cfg: &MiddlewaresConfig, problem: &mut dyn FnMut(String, String)) -> Middlewares {
+    let base = "api_gateway.middlewares";
+    Middlewares {
+        rate_limit: cfg
+            .rate_limiting
+            .as_ref()
+            .and_then(|c| RateSettings::compile(c, &format!("{base}.rate_limiting"), problem)),
+        auth: cfg
+            .authentication
+            .as_ref()
+            .and_then(|c| Authenticator::compile(c, &format!("{base}.authentication"), problem))
+            .map(Arc::new),
+        cors: cfg.cors.as_ref().and_then(|c| Cors::compile(c, &format!("{base}.cors"), problem)).map(Arc::new),
+    }
+}
+
+/// One route's middlewares, ready to run.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A rate limiter with this route's buckets.
+    RateLimit(Arc<RateLimiter>),
+    /// JWT verification.
+    Auth(Arc<Authenticator>),
+    /// CORS.
+    Cors(Arc<Cors>),
+}
+
+/// Why a middleware refused a request (metric labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The rate limit was exceeded.
+    RateLimited,
+    /// Authentication failed for this reason.
+    Auth(AuthReject),
+    /// A CORS preflight from a disallowed origin or for a disallowed method.
+    Cors,
+}
+
+/// What the chain decided.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The reply that ends the request, when a middleware answered.
+    pub reply: Option<Reply>,
+    /// Why, when the reply is a refusal.
+    pub rejection: Option<Rejection>,
+    /// Headers to add to the response the client gets (rate-limit and CORS headers).
+    pub response_headers: Vec<(&'static str, String)>,
+}
+
+/// Time as the middlewares see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic now.
+    pub mono: Instant,
+    /// Wall time since the Unix epoch.
+    pub unix: Duration,
+}
+
+/// Runs `steps` in order over a request; stops at the first that answers.
+pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Outcome {
+    let mut out = Outcome::default();
+    for step in steps {
+        match step {
+            Step::Cors(cors) => match cors.decide(req) {
+                CorsDecision::NotCors => {}
+                CorsDecision::Preflight(headers) => {
+                    out.reply = Some(Reply { status: 204, error: None, headers });
+                    return out;
+                }
+                CorsDecision::PreflightRejected => {
+                    out.reply =
+                        Some(Reply { status: 403, error: Some("cors preflight rejected"), headers: Vec::new() });
+                    out.rejection = Some(Rejection::Cors);
+                    return out;
+                }
+                CorsDecision::Actual(headers) => out.response_headers.extend(headers),
+            },
+            Step::RateLimit(limiter) => {
+                let decision = limiter.check(req, now.mono);
+                let headers = decision.headers(limiter.settings());
+                if decision.allowed {
+                    out.response_headers.extend(headers);
+                } else {
+                    let mut all = std::mem::take(&mut out.response_headers);
+                    all.extend(headers);
+                    out.reply = Some(Reply { status: 429, error: Some("rate limit exceeded"), headers: all });
+                    out.rejection = Some(Rejection::RateLimited);
+                    return out;
+                }
+            }
+            Step::Auth(auth) => {
+                if let Err(reason) = auth.check(req, now.unix) {
+                    let challenge = if reason == AuthReject::Missing {
+                        "Bearer".to_string()
+                    } else {
+                        "Bearer error=\"invalid_token\"".to_string()
+                    };
+                    let mut headers = std::mem::take(&mut out.response_headers);
+                    headers.push(("www-authenticate", challenge));
+                    out.reply = Some(Reply { status: 401, error: Some("unauthorized"), headers });
+                    out.rejection = Some(Rejection::Auth(reason));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Token-bucket rate limiting per key, as GCRA: one integer "theoretical arrival time" per key, so the
+//! arithmetic is exact (no float drift) and a bucket is a single number.
+//!
+//! A bucket of capacity `burst` refilled at `rate` per second admits a request at `now` when its
+//! theoretical arrival time `tat` is at most `(burst - 1) * T` ahead of `now` (T = 1 / rate); each admission
+//! moves `tat` on by T. Memory is bounded: at most [`MAX_KEYS`] keys per route, keys of at most
+//! [`MAX_KEY_LEN`] bytes; buckets that have refilled completely are swept out (they are equal to a new one),
+//! and when the table is full of active keys, new keys share one overflow bucket.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::config::RateLimitConfig;
+use crate::request::RequestInfo;
+
+/// Most keys tracked per route.
+pub const MAX_KEYS: usize = 100_000;
+/// Longest key kept as is; longer keys are hashed.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Compiled rate-limit settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateSettings {
+    /// Refill per minute.
+    pub requests_per_minute: u32,
+    /// Capacity.
+    pub burst: u32,
+    /// Lower-case header that keys the bucket.
+    pub key_header: Option<String>,
+    /// Time to earn one token.
+    pub interval: Duration,
+}
+
+impl RateSettings {
+    /// Checks and compiles the section.
+    pub fn compile(c: &RateLimitConfig, path: &str, problem: &mut dyn FnMut(String, String)) -> Option<RateSettings> {
+        let mut ok = true;
+        if c.requests_per_minute == 0 {
+            problem(format!("{path}.requests_per_minute"), "must be at least 1".into());
+            ok = false;
+        }
+        if c.burst_size == Some(0) {
+            problem(format!("{path}.burst_size"), "must be at least 1".into());
+            ok = false;
+        }
+        if c.key_header.as_deref().is_some_and(str::is_empty) {
+            problem(format!("{path}.key_header"), "must not be empty".into());
+            ok = false;
+        }
+        ok.then(|| RateSettings {
+            requests_per_minute: c.requests_per_minute,
+            burst: c.burst_size.unwrap_or((c.requests_per_minute / 60).max(1)),
+            key_header: c.key_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            interval: Duration::from_secs(60) / c.requests_per_minute.max(1),
+        })
+    }
+}
+
+/// The verdict on one request, with what the RateLimit headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Admitted.
+    pub allowed: bool,
+    /// Whole tokens left.
+    pub remaining: u32,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+    /// Seconds until a request would be admitted (0 when admitted).
+    pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// `RateLimit-*` headers, and `Retry-After` when refused.
+    pub fn headers(&self, s: &RateSettings) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("ratelimit-limit", s.burst.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", self.reset_secs.to_string()),
+        ];
+        if !self.allowed {
+            h.push(("retry-after", self.retry_after_secs.to_string()));
+        }
+        h
+    }
+}
+
+/// One route's buckets.
+#[derive(Debug)]
+pub struct RateLimiter {
+    settings: RateSettings,
+    epoch: Instant,
+    /// Theoretical arrival time per key, in nanoseconds since `epoch`.
+    buckets: DashMap<String, u64>,
+    overflow: Mutex<u64>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl RateLimiter {
+    /// Empty buckets, with time measured from `epoch`.
+    pub fn new(settings: RateSettings, epoch: Instant) -> RateLimiter {
+        RateLimiter { settings, epoch, buckets: DashMap::new(), overflow: Mutex::new(0), last_sweep: Mutex::new(None) }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RateSettings {
+        &self.settings
+    }
+
+    /// Keys tracked now.
+    pub fn tracked_keys(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Takes a token for the request's key at `now`.
+    pub fn check(&self, req: &RequestInfo<'_>, now: Instant) -> Decision {
+        let key = self.key(req);
+        self.check_key(&key, now)
+    }
+
+    /// Takes a token for `key` at `now`.
+    pub fn check_key(&self, key: &str, now: Instant) -> Decision {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        if let Some(mut tat) = self.buckets.get_mut(key) {
+            return self.gcra(&mut tat, now_ns);
+        }
+        if self.buckets.len() >= MAX_KEYS && !self.sweep(now, now_ns) {
+            let mut tat = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            return self.gcra(&mut tat, now_ns);
+        }
+        let mut tat = self.buckets.entry(key.to_string()).or_insert(0);
+        self.gcra(&mut tat, now_ns)
+    }
+
+    fn key(&self, req: &RequestInfo<'_>) -> String {
+        let value = self.settings.key_header.as_deref().and_then(|h| req.headers.get(h));
+        match value {
+            Some(v) if v.len() <= MAX_KEY_LEN => format!("h:{v}"),
+            Some(v) => format!("h#{:016x}", fnv1a(v.as_bytes())),
+            None => format!("ip:{}", req.client_ip),
+        }
+    }
+
+    fn gcra(&self, tat: &mut u64, now_ns: u64) -> Decision {
+        let t = self.settings.interval.as_nanos() as u64;
+        let capacity_ns = t * u64::from(self.settings.burst);
+        let tolerance = capacity_ns - t;
+        let start = (*tat).max(now_ns);
+        if start - now_ns > tolerance {
+            let wait = start - now_ns - tolerance;
+            return Decision {
+                allowed: false,
+                remaining: 0,
+                reset_secs: ceil_secs(start - now_ns),
+                retry_after_secs: ceil_secs(wait).max(1),
+            };
+        }
+        *tat = start + t;
+        let ahead = *tat - now_ns;
+        Decision {
+            allowed: true,
+            remaining: ((capacity_ns - ahead) / t) as u32,
+            reset_secs: ceil_secs(ahead),
+            retry_after_secs: 0,
+        }
+    }
+
+    /// Removes buckets that have refilled completely (at most once a second); true when room was made.
+    fn sweep(&self, now: Instant, now_ns: u64) -> bool {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|l| now.saturating_duration_since(l) < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        self.buckets.retain(|_, tat| *tat > now_ns);
+        self.buckets.len() < MAX_KEYS
+    }
+}
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(1_000_000_000)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}

@@ -1,0 +1,115 @@
+//! The one place that turns a failure into a status code, headers and a JSON body.
+
+/// Why the proxy answers a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No route matches the path.
+    NoRoute,
+    /// Routes match the path but not the method; the `Allow` value.
+    MethodNotAllowed(String),
+    /// Every server of the group is down.
+    NoHealthyUpstream,
+    /// Connecting failed on every attempt.
+    UpstreamConnect,
+    /// The upstream did not answer within the read timeout.
+    UpstreamTimeout,
+    /// The upstream broke the exchange (reset, bad response).
+    UpstreamBroken,
+    /// The client sent something the proxy cannot forward.
+    BadRequest,
+    /// A bug or an unexpected state inside the proxy.
+    Internal,
+    /// A middleware answered with its own status and headers.
+    Middleware(Reply),
+}
+
+/// A response the proxy makes itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The short error text of the JSON body; `None` for a body-less reply (a CORS preflight).
+    pub error: Option<&'static str>,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Failure {
+    /// The reply for this failure.
+    pub fn reply(&self) -> Reply {
+        let (status, error) = match self {
+            Failure::NoRoute => (404, "no route"),
+            Failure::MethodNotAllowed(allow) => {
+                return Reply {
+                    status: 405,
+                    error: Some("method not allowed"),
+                    headers: vec![("allow", allow.clone())],
+                };
+            }
+            Failure::NoHealthyUpstream => (503, "no healthy upstream"),
+            Failure::UpstreamConnect => (502, "upstream unavailable"),
+            Failure::UpstreamTimeout => (504, "upstream timeout"),
+            Failure::UpstreamBroken => (502, "bad upstream response"),
+            Failure::BadRequest => (400, "bad request"),
+            Failure::Internal => (500, "internal error"),
+            Failure::Middleware(reply) => return reply.clone(),
+        };
+        Reply { status, error: Some(error), headers: Vec::new() }
+    }
+
+    /// A small fixed name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::NoRoute => "no_route",
+            Failure::MethodNotAllowed(_) => "method_not_allowed",
+            Failure::NoHealthyUpstream => "no_healthy_upstream",
+            Failure::UpstreamConnect => "upstream_connect",
+            Failure::UpstreamTimeout => "upstream_timeout",
+            Failure::UpstreamBroken => "upstream_broken",
+            Failure::BadRequest => "bad_request",
+            Failure::Internal => "internal",
+            Failure::Middleware(_) => "middleware",
+        }
+    }
+}
+
+impl Reply {
+    /// The JSON body `{"error": ..., "request_id": ...}`, or empty when the reply has no error text.
+    pub fn body(&self, request_id: &str) -> String {
+        match self.error {
+            Some(error) => serde_json::json!({ "error": error, "request_id": request_id }).to_string(),
+            None => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_status() {
+        let cases = [
+            (Failure::NoRoute, 404),
+            (Failure::MethodNotAllowed("GET".into()), 405),
+            (Failure::NoHealthyUpstream, 503),
+            (Failure::UpstreamConnect, 502),
+            (Failure::UpstreamTimeout, 504),
+            (Failure::UpstreamBroken, 502),
+            (Failure::BadRequest, 400),
+            (Failure::Internal, 500),
+        ];
+        for (failure, status) in cases {
+            assert_eq!(failure.reply().status, status, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn body_is_json_with_the_request_id_and_405_carries_allow() {
+        let reply = Failure::MethodNotAllowed("GET, POST".into()).reply();
+        assert_eq!(reply.headers, vec![("allow", "GET, POST".to_string())]);
+        let body: serde_json::Value = serde_json::from_str(&reply.body("abc")).unwrap();
+        assert_eq!(body["error"], "method not allowed");
+        assert_eq!(body["request_id"], "abc");
+    }
+}

@@ -1,0 +1,169 @@
+//! The compiled route table: which route serves a request, and the path it is forwarded with.
+//!
+//! Patterns are compiled once, when the config is validated, into one `RegexSet` (one pass finds every
+//! matching route) plus each route's own `Regex` (for the span that `strip_prefix` removes). Routes are kept
+//! longest pattern first, ties in file order, so the first accepted match is the winner.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::{Regex, RegexSet};
+
+use crate::method::MethodSet;
+
+/// The largest compiled size of the route regexes, so a hostile pattern cannot exhaust memory at load.
+pub const REGEX_SIZE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's config name (a metric label).
+    pub name: Arc<str>,
+    /// Index of its upstream group in the runtime's group list.
+    pub group: usize,
+    /// The group's name.
+    pub upstream: Arc<str>,
+    /// Upstream read timeout, when the route sets one.
+    pub timeout: Option<Duration>,
+    /// Middlewares, in the order they run.
+    pub middlewares: Vec<crate::middleware::Kind>,
+    steps: Vec<crate::middleware::Step>,
+    pattern: Regex,
+    methods: MethodSet,
+    strip_prefix: bool,
+}
+
+impl Route {
+    /// The middleware chain, ready to run (set when the runtime is built).
+    pub fn steps(&self) -> &[crate::middleware::Step] {
+        &self.steps
+    }
+
+    /// Sets the middleware chain.
+    pub(crate) fn set_steps(&mut self, steps: Vec<crate::middleware::Step>) {
+        self.steps = steps;
+    }
+
+    /// The path (and query) to forward: the matched span removed when `strip_prefix` is set; never empty.
+    pub fn upstream_path<'p>(&self, path: &'p str, query: Option<&str>) -> Cow<'p, str> {
+        if !self.strip_prefix {
+            return match query {
+                Some(q) => Cow::Owned(format!("{path}?{q}")),
+                None => Cow::Borrowed(path),
+            };
+        }
+        let stripped = match self.pattern.find(path) {
+            Some(m) => format!("{}{}", &path[..m.start()], &path[m.end()..]),
+            None => path.to_string(),
+        };
+        let mut out = String::with_capacity(stripped.len() + query.map_or(0, |q| q.len() + 2));
+        if !stripped.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(&stripped);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// What the route table says about a request.
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    /// This route serves it.
+    Found(&'a Route),
+    /// No route's pattern matches the path: 404.
+    NotFound,
+    /// Patterns match but none accepts the method: 405 with this `Allow` value.
+    MethodNotAllowed(String),
+}
+
+/// A route as written, before compiling.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Config name.
+    pub name: String,
+    /// Path regex.
+    pub pattern: String,
+    /// Accepted methods.
+    pub methods: MethodSet,
+    /// Upstream group index.
+    pub group: usize,
+    /// Upstream group name.
+    pub upstream: String,
+    /// Remove the matched span.
+    pub strip_prefix: bool,
+    /// Read timeout.
+    pub timeout: Option<Duration>,
+    /// Middlewares in order.
+    pub middlewares: Vec<crate::middleware::Kind>,
+}
+
+/// All routes, compiled.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    set: RegexSet,
+}
+
+impl RouteTable {
+    /// Compiles the routes; the error names the route whose pattern does not compile.
+    pub fn compile(mut specs: Vec<RouteSpec>) -> Result<RouteTable, (String, regex::Error)> {
+        // Stable sort keeps file order among patterns of the same length.
+        specs.sort_by_key(|s| std::cmp::Reverse(s.pattern.len()));
+        let mut routes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let pattern = regex::RegexBuilder::new(&spec.pattern)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| (spec.name.clone(), e))?;
+            routes.push(Route {
+                name: spec.name.into(),
+                group: spec.group,
+                upstream: spec.upstream.into(),
+                timeout: spec.timeout,
+                middlewares: spec.middlewares,
+                steps: Vec::new(),
+                pattern,
+                methods: spec.methods,
+                strip_prefix: spec.strip_prefix,
+            });
+        }
+        let set = regex::RegexSetBuilder::new(routes.iter().map(|r| r.pattern.as_str()))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| (String::from("(all routes)"), e))?;
+        Ok(RouteTable { routes, set })
+    }
+
+    /// The route for a request. `any_method` ignores the method filters (a CORS preflight is answered by
+    /// the matching route's cors middleware whatever its methods).
+    pub fn find(&self, method: &str, path: &str, any_method: bool) -> RouteMatch<'_> {
+        let mut allow = MethodSet::default();
+        let mut matched = false;
+        for i in self.set.matches(path).iter() {
+            let route = &self.routes[i];
+            if any_method || route.methods.accepts(method) {
+                return RouteMatch::Found(route);
+            }
+            matched = true;
+            allow = allow.union(route.methods);
+        }
+        if matched { RouteMatch::MethodNotAllowed(allow.allow_header()) } else { RouteMatch::NotFound }
+    }
+
+    /// The routes, longest pattern first.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub(crate) fn routes_mut(&mut self) -> &mut [Route] {
+        &mut self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests;

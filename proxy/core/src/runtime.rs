@@ -1,0 +1,196 @@
+//! The runtime: everything compiled from one validated config, swapped whole on reload.
+//!
+//! A request holds the `Arc<Runtime>` it started with until it ends. Building a runtime cannot fail (the
+//! config was validated); groups whose settings did not change are carried over with their health state,
+//! and routes keep their rate-limit buckets when their settings did not change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::clock::Entropy;
+use crate::config::{Config, Mode, ValidConfig};
+use crate::middleware::{self, Kind, Now, RateLimiter, Rejection, Step};
+use crate::request::RequestInfo;
+use crate::respond::{Failure, Reply};
+use crate::route::{Route, RouteMatch, RouteTable};
+use crate::upstream::Pool;
+
+/// Everything the proxy needs to serve requests under one config.
+#[derive(Debug)]
+pub struct Runtime {
+    generation: u64,
+    config: Arc<Config>,
+    routes: RouteTable,
+    pools: Vec<Arc<Pool>>,
+    trusted: Vec<IpNet>,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Plan<'a> {
+    /// Answer it without an upstream.
+    Respond {
+        /// The route, when one matched.
+        route: Option<&'a Route>,
+        /// Why.
+        failure: Failure,
+        /// The middleware refusal, if that is why.
+        rejection: Option<Rejection>,
+    },
+    /// Forward it.
+    Forward {
+        /// The route.
+        route: &'a Route,
+        /// The group index.
+        group: usize,
+        /// The chosen server.
+        server: usize,
+        /// Headers the middlewares add to the response.
+        response_headers: Vec<(&'static str, String)>,
+    },
+}
+
+impl Runtime {
+    /// Builds the runtime for `valid`, carrying over state from `previous`.
+    pub fn build(valid: ValidConfig, previous: Option<&Runtime>, generation: u64, epoch: Instant) -> Runtime {
+        let ValidConfig { config, groups, mut routes, trusted, middlewares } = valid;
+        let pools: Vec<Arc<Pool>> = groups
+            .into_iter()
+            .map(|spec| {
+                let old = previous.and_then(|p| p.pools.iter().find(|o| o.name() == spec.name));
+                match old {
+                    Some(old) if *old.spec() == spec => Arc::clone(old),
+                    _ => Arc::new(Pool::new(spec, old.map(|o| o.as_ref()))),
+                }
+            })
+            .collect();
+        for route in routes.routes_mut() {
+            let steps = route
+                .middlewares
+                .iter()
+                .filter_map(|kind| match kind {
+                    Kind::RateLimit => middlewares.rate_limit.as_ref().map(|settings| {
+                        let carried =
+                            previous.and_then(|p| p.limiter(&route.name)).filter(|l| l.settings() == settings);
+                        Step::RateLimit(carried.unwrap_or_else(|| Arc::new(RateLimiter::new(settings.clone(), epoch))))
+                    }),
+                    Kind::Auth => middlewares.auth.clone().map(Step::Auth),
+                    Kind::Cors => middlewares.cors.clone().map(Step::Cors),
+                })
+                .collect();
+            route.set_steps(steps);
+        }
+        Runtime { generation, config: Arc::new(config), routes, pools, trusted }
+    }
+
+    /// The number that grows with every applied change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The effective config.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    /// The groups, in config order.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// The routes, longest pattern first.
+    pub fn routes(&self) -> &[Route] {
+        self.routes.routes()
+    }
+
+    /// Trusted proxy networks.
+    pub fn trusted(&self) -> &[IpNet] {
+        &self.trusted
+    }
+
+    /// The upstream read timeout of a route.
+    pub fn read_timeout(&self, route: &Route) -> Duration {
+        route.timeout.unwrap_or(Duration::from_secs(self.config.server.upstream_timeout_secs))
+    }
+
+    /// The connect timeout to upstream servers.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.server.connection_pool.connect_timeout_secs)
+    }
+
+    /// How long an idle pooled upstream connection is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.server.connection_pool.idle_timeout_secs)
+    }
+
+    /// Decides what happens to a request: route, middlewares, first server.
+    pub fn plan<'a>(&'a self, req: &RequestInfo<'_>, now: Now, entropy: &dyn Entropy) -> Plan<'a> {
+        let route = match self.find_route(req) {
+            RouteMatch::Found(route) => route,
+            RouteMatch::NotFound => {
+                return Plan::Respond { route: None, failure: Failure::NoRoute, rejection: None };
+            }
+            RouteMatch::MethodNotAllowed(allow) => {
+                return Plan::Respond { route: None, failure: Failure::MethodNotAllowed(allow), rejection: None };
+            }
+        };
+        let outcome = middleware::run(route.steps(), req, now);
+        if let Some(reply) = outcome.reply {
+            return Plan::Respond {
+                route: Some(route),
+                failure: Failure::Middleware(reply),
+                rejection: outcome.rejection,
+            };
+        }
+        match self.pools.get(route.group).and_then(|pool| pool.select(req, &[], entropy)) {
+            Some(server) => {
+                Plan::Forward { route, group: route.group, server, response_headers: outcome.response_headers }
+            }
+            None => Plan::Respond {
+                route: Some(route),
+                failure: Failure::Middleware(with_headers(
+                    Failure::NoHealthyUpstream.reply(),
+                    outcome.response_headers,
+                )),
+                rejection: None,
+            },
+        }
+    }
+
+    /// A CORS preflight goes to the matching route whose chain has cors, whatever its methods.
+    fn find_route(&self, req: &RequestInfo<'_>) -> RouteMatch<'_> {
+        let preflight = req.method == "OPTIONS"
+            && req.headers.get("origin").is_some()
+            && req.headers.get("access-control-request-method").is_some();
+        if preflight
+            && let RouteMatch::Found(route) = self.routes.find(req.method, req.path, true)
+            && route.steps().iter().any(|s| matches!(s, Step::Cors(_)))
+        {
+            return RouteMatch::Found(route);
+        }
+        self.routes.find(req.method, req.path, false)
+    }
+
+    fn limiter(&self, route: &str) -> Option<Arc<RateLimiter>> {
+        let route = self.routes.routes().iter().find(|r| &*r.name == route)?;
+        route.steps().iter().find_map(|s| match s {
+            Step::RateLimit(l) => Some(Arc::clone(l)),
+            _ => None,
+        })
+    }
+}
+
+fn with_headers(mut reply: Reply, headers: Vec<(&'static str, String)>) -> Reply {
+    reply.headers.extend(headers);
+    reply
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! Built-in demo backends: small HTTP servers on loopback that the demo and the end-to-end tests put
+//! behind the proxy.
+//!
+//! Each answers every path with JSON naming itself and echoing what it received, and has a few
+//! behaviours to provoke: `GET /health` (200, or 503 when told to be unhealthy), `/slow?ms=N` (answers
+//! after N ms, at most 60 s), `/status/N` (answers with status N).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::oneshot;
+
+/// Longest delay `/slow` accepts.
+pub const MAX_SLOW_MS: u64 = 60_000;
+
+#[derive(Debug)]
+struct BackendState {
+    name: String,
+    healthy: AtomicBool,
+    requests: AtomicU64,
+}
+
+/// A running demo backend; it stops when dropped.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend named `name` on `bind` (port 0 picks a free port), on a thread of its own.
+    pub fn start(name: &str, bind: SocketAddr) -> std::io::Result<Backend> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state =
+            Arc::new(BackendState { name: name.into(), healthy: AtomicBool::new(true), requests: AtomicU64::new(0) });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(Arc::clone(&state));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name(format!("backend-{name}")).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "demo backend stopped");
+                }
+            });
+        })?;
+        Ok(Backend { addr, state, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Makes `/health` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Requests served so far, health checks excluded.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn router(state: Arc<BackendState>) -> Router {
+    Router::new().route("/health", get(health)).fallback(echo).with_state(state)
+}
+
+async fn health(State(state): State<Arc<BackendState>>) -> StatusCode {
+    if state.healthy.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    if path == "/slow" {
+        let ms = query
+            .as_deref()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1000)
+            .min(MAX_SLOW_MS);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), serde_json::Value::from(v))))
+        .collect();
+    let body = serde_json::json!({
+        "server": state.name,
+        "method": req.method().as_str(),
+        "path": path,
+        "query": query,
+        "headers": headers,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// The demo's gateway config in front of backends at `addrs`.
+pub fn config_yaml(addrs: &[SocketAddr], bind: &str, control: &str) -> String {
+    let servers: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"mode: api_gateway
+server:
+  bind_address: "{bind}"
+  upstream_timeout_secs: 5
+upstreams:
+  demo:
+    servers: [{servers}]
+    strategy: round_robin
+    health_check: {{ interval_secs: 2, timeout_secs: 1, path: /health }}
+api_gateway:
+  routes:
+    api:
+      path_pattern: "^/api"
+      upstream: demo
+      strip_prefix: true
+      middlewares: [cors, rate_limit]
+    echo:
+      path_pattern: "^/"
+      upstream: demo
+  middlewares:
+    rate_limiting: {{ requests_per_minute: 600, burst_size: 20 }}
+    cors: {{ allowed_origins: ["http://localhost:3000"], allowed_methods: [GET, POST], allowed_headers: [Content-Type] }}
+control_api:
+  bind_address: "{control}"
+"#,
+        servers = servers.join(", ")
+    )
+}

@@ -1,0 +1,190 @@
+//! `locci-proxy`: run the proxy, check a config, or run the zero-set-up demo.
+//!
+//! `locci-proxy [--config FILE]` runs; `locci-proxy check --config FILE` validates; `locci-proxy demo`
+//! starts the gateway in front of three built-in backends. Errors print one line and exit 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use locci_core::ValidConfig;
+use locci_core::config::Mode;
+use locci_proxy::config_file::{self, Overrides};
+use locci_proxy::demo::{self, Backend};
+use locci_proxy::server::health::HealthDriver;
+use locci_proxy::{Env, Shared, build_app, logging};
+use pingora_core::server::Server;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+#[derive(Parser, Debug)]
+#[command(name = "locci-proxy", version, about = "locci: load balancer and API gateway on Pingora")]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "config.yaml")]
+    config: PathBuf,
+    /// Override the config's mode.
+    #[arg(long, global = true, value_enum)]
+    mode: Option<ModeArg>,
+    /// Override server.bind_address.
+    #[arg(long, global = true)]
+    bind: Option<String>,
+    /// Take over the listening sockets of a running instance (graceful binary upgrade).
+    #[arg(long, global = true)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Load and validate the config, print a summary or every problem.
+    Check,
+    /// Run the gateway on 127.0.0.1:8484 in front of three built-in demo backends.
+    Demo,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum ModeArg {
+    Lb,
+    Gateway,
+}
+
+fn main() -> ExitCode {
+    // No backtrace ever reaches the user: a panic prints one line (and is a bug to report).
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %info, "internal error{at}");
+        eprintln!("locci-proxy: internal error{at}");
+    }));
+    let cli = Cli::parse();
+    // A .env file in the working directory is read first; a missing one is fine.
+    let _ = dotenvy::dotenv();
+    let overrides = Overrides {
+        mode: cli.mode.map(|m| match m {
+            ModeArg::Lb => Mode::LoadBalancer,
+            ModeArg::Gateway => Mode::ApiGateway,
+        }),
+        bind: cli.bind.clone(),
+    };
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Check => check(&cli, &overrides),
+        Command::Run => match config_file::load_file(&cli.config, &overrides) {
+            Ok(valid) => run(valid, cli.upgrade, Vec::new()),
+            Err(errors) => {
+                eprintln!("locci-proxy: invalid configuration {}:", cli.config.display());
+                for line in errors.lines() {
+                    eprintln!("  {line}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo => run_demo(&overrides),
+    }
+}
+
+fn check(cli: &Cli, overrides: &Overrides) -> ExitCode {
+    match config_file::load_file(&cli.config, overrides) {
+        Ok(valid) => {
+            println!("{}: {}", cli.config.display(), valid.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} problem(s)", cli.config.display(), errors.0.len());
+            for line in errors.lines() {
+                eprintln!("  {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_demo(overrides: &Overrides) -> ExitCode {
+    let bind = overrides.bind.clone().unwrap_or_else(|| "127.0.0.1:8484".into());
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let backends: Result<Vec<Backend>, _> =
+        ["alpha", "beta", "gamma"].iter().map(|name| Backend::start(name, loopback)).collect();
+    let backends = match backends {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("locci-proxy: cannot start demo backends: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let yaml = demo::config_yaml(&addrs, &bind, "127.0.0.1:8485");
+    let valid = match config_file::load_text(&yaml, &Overrides { mode: None, bind: None }) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("locci-proxy: demo config invalid (a bug): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("locci demo: gateway on http://{bind}, backends alpha/beta/gamma on {addrs:?}");
+    println!("try:");
+    println!(
+        "  curl -s http://{bind}/api/hello            # round robin over alpha, beta, gamma (prefix /api stripped)"
+    );
+    println!("  curl -s -i http://{bind}/api/hello | grep -i ratelimit   # rate-limit headers (20 burst, 600/min)");
+    println!("  curl -s -i http://{bind}/slow?ms=200        # a slow upstream answer");
+    println!(
+        "  curl -s -i -X OPTIONS http://{bind}/api/x -H 'Origin: http://localhost:3000' -H 'Access-Control-Request-Method: GET'"
+    );
+    println!("press Ctrl-C to stop");
+    run(valid, false, backends)
+}
+
+fn run(valid: ValidConfig, upgrade: bool, keep_alive: Vec<Backend>) -> ExitCode {
+    logging::init(&valid.config.logging);
+    let bind = valid.config.server.bind_address.clone();
+    // Pingora aborts on a bind failure deep inside its start-up; check first to say it in one line.
+    if !upgrade && let Err(e) = std::net::TcpListener::bind(&bind) {
+        eprintln!("locci-proxy: cannot listen on {bind}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let conf = server_conf(&valid);
+    let tls = valid.config.server.tls.clone();
+    let mut server = Server::new_with_opt_and_conf(Some(Opt { upgrade, ..Opt::default() }), conf);
+    server.bootstrap();
+    let shared = Shared::new(valid, Env::production());
+    let mut proxy = Service::new("locci proxy".to_string(), build_app(Arc::clone(&shared), &server.configuration));
+    match &tls {
+        None => proxy.add_tcp(&bind),
+        Some(tls) => {
+            let settings = pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert_path, &tls.key_path);
+            match settings {
+                Ok(mut settings) => {
+                    settings.enable_h2();
+                    proxy.add_tls_with_settings(&bind, None, settings);
+                }
+                Err(e) => {
+                    eprintln!("locci-proxy: cannot load TLS certificate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("health checks", HealthDriver::new(Arc::clone(&shared))));
+    tracing::info!(bind = %bind, mode = shared.runtime().mode().short(), "locci-proxy started");
+    server.run(pingora_core::server::RunArgs::default());
+    drop(keep_alive);
+    ExitCode::SUCCESS
+}
+
+fn server_conf(valid: &ValidConfig) -> ServerConf {
+    let s = &valid.config.server;
+    let mut conf = ServerConf::default();
+    conf.threads = s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    conf.upstream_keepalive_pool_size = s.connection_pool.max_idle;
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout_secs);
+    conf.pid_file = std::env::temp_dir().join(format!("locci-proxy-{}.pid", std::process::id())).display().to_string();
+    conf.upgrade_sock = std::env::temp_dir().join("locci-proxy-upgrade.sock").display().to_string();
+    conf
+}

@@ -1,0 +1,371 @@
+//! The ProxyHttp impl: translates Pingora's phases into calls on the core, and the core's answers back
+//! into Pingora. It holds no decision of its own.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use locci_core::forwarding;
+use locci_core::middleware::Now;
+use locci_core::request::RequestInfo;
+use locci_core::respond::{Failure, Reply};
+use locci_core::upstream::{InFlight, Pool};
+use locci_core::{Plan, Runtime};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::headers::HeaderView;
+use super::health::log_transition;
+use super::transport::resolve;
+use crate::app::Shared;
+
+/// Headers the proxy removes before forwarding; Pingora itself owns `connection`, `upgrade` and
+/// `transfer-encoding`, which frame the message.
+const STRIPPED: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+
+/// The locci proxy application.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A gateway over shared state.
+    pub fn new(shared: Arc<Shared>) -> Gateway {
+        Gateway { shared }
+    }
+
+    fn now(&self) -> Now {
+        Now { mono: self.shared.env.clock.now(), unix: self.shared.env.clock.unix_now() }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    runtime: Option<Arc<Runtime>>,
+    started: Option<Instant>,
+    request_id: String,
+    client_ip: IpAddr,
+    route: Option<Arc<str>>,
+    group: Option<usize>,
+    read_timeout: Duration,
+    upstream_path: Option<String>,
+    tried: Vec<usize>,
+    in_flight: Option<InFlight>,
+    last_server: Option<String>,
+    attempts: u32,
+    response_headers: Vec<(&'static str, String)>,
+    failure: Option<Failure>,
+}
+
+impl RequestCtx {
+    fn pool(&self) -> Option<&Arc<Pool>> {
+        self.runtime.as_ref()?.pools().get(self.group?)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            runtime: None,
+            started: None,
+            request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            route: None,
+            group: None,
+            read_timeout: Duration::from_secs(30),
+            upstream_path: None,
+            tried: Vec::new(),
+            in_flight: None,
+            last_server: None,
+            attempts: 0,
+            response_headers: Vec::new(),
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let now = self.now();
+        ctx.started = Some(now.mono);
+        let runtime = self.shared.runtime();
+        let reply = {
+            let header = session.req_header();
+            let headers = HeaderView(header);
+            let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
+            ctx.client_ip = forwarding::client_ip(peer, headers_get(header, "x-forwarded-for"), runtime.trusted());
+            ctx.request_id =
+                forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
+            let uri = &header.uri;
+            let req = RequestInfo {
+                method: header.method.as_str(),
+                path: uri.path(),
+                query: uri.query(),
+                client_ip: ctx.client_ip,
+                headers: &headers,
+            };
+            let reply = match runtime.plan(&req, now, &*self.shared.env.entropy) {
+                Plan::Respond { route, failure, rejection: _ } => {
+                    ctx.route = route.map(|r| Arc::clone(&r.name));
+                    let reply = failure.reply();
+                    ctx.failure = Some(failure);
+                    reply
+                }
+                Plan::Forward { route, group, server, response_headers } => {
+                    ctx.route = Some(Arc::clone(&route.name));
+                    ctx.group = Some(group);
+                    ctx.read_timeout = runtime.read_timeout(route);
+                    let forwarded = route.upstream_path(req.path, req.query);
+                    let original = uri.path_and_query().map_or("/", |p| p.as_str());
+                    ctx.upstream_path = (forwarded != original).then(|| forwarded.into_owned());
+                    ctx.response_headers = response_headers;
+                    if let Some(pool) = runtime.pools().get(group) {
+                        ctx.in_flight = Some(pool.begin(server));
+                    }
+                    ctx.runtime = Some(Arc::clone(&runtime));
+                    return Ok(false);
+                }
+            };
+            reply
+        };
+        ctx.runtime = Some(runtime);
+        write_reply(session, &reply, &ctx.request_id).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.pool().cloned().ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let runtime = ctx.runtime.clone().ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        loop {
+            let idx = match &ctx.in_flight {
+                Some(f) => f.server(),
+                None => {
+                    let header = session.req_header();
+                    let headers = HeaderView(header);
+                    let req = RequestInfo {
+                        method: header.method.as_str(),
+                        path: header.uri.path(),
+                        query: header.uri.query(),
+                        client_ip: ctx.client_ip,
+                        headers: &headers,
+                    };
+                    let Some(idx) = pool.select(&req, &ctx.tried, &*self.shared.env.entropy) else {
+                        ctx.failure = Some(if ctx.tried.is_empty() {
+                            Failure::NoHealthyUpstream
+                        } else {
+                            Failure::UpstreamConnect
+                        });
+                        return Err(Error::explain(ErrorType::ConnectNoRoute, "no server left to try"));
+                    };
+                    ctx.in_flight = Some(pool.begin(idx));
+                    idx
+                }
+            };
+            let Some(server) = pool.servers().get(idx) else {
+                return Err(Error::new(ErrorType::InternalError));
+            };
+            ctx.last_server = Some(server.addr.text.clone());
+            let addr = match server.addr.ip {
+                Some(ip) => ip,
+                None => match resolve(&server.addr.text).await {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        tracing::warn!(upstream = pool.name(), server = %server.addr.text, error = %e, "cannot resolve server");
+                        ctx.in_flight = None;
+                        ctx.tried.push(idx);
+                        ctx.attempts += 1;
+                        if pool.may_retry(ctx.attempts) {
+                            continue;
+                        }
+                        ctx.failure = Some(Failure::UpstreamConnect);
+                        return Err(Error::explain(ErrorType::ConnectNoRoute, "cannot resolve server"));
+                    }
+                },
+            };
+            let spec = pool.spec();
+            let sni = spec.sni.clone().unwrap_or_else(|| server.addr.host.clone());
+            let mut peer = HttpPeer::new(addr, spec.tls, sni);
+            let connect = runtime.connect_timeout();
+            peer.options.connection_timeout = Some(connect);
+            // Custom L4 connectors (the simulator's) ignore connection_timeout; the total one always applies.
+            peer.options.total_connection_timeout = Some(connect);
+            peer.options.read_timeout = Some(ctx.read_timeout);
+            peer.options.write_timeout = Some(ctx.read_timeout);
+            peer.options.idle_timeout = Some(runtime.idle_timeout());
+            peer.options.custom_l4 = self.shared.env.transport.custom_l4();
+            return Ok(Box::new(peer));
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = path.parse().map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+            upstream.set_uri(uri);
+        }
+        let listed: Vec<String> = forwarding::connection_listed(headers_get(upstream, "connection"))
+            .filter(|h| {
+                !h.eq_ignore_ascii_case("upgrade")
+                    && !h.eq_ignore_ascii_case("keep-alive")
+                    && !h.eq_ignore_ascii_case("close")
+            })
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for name in STRIPPED.iter().copied().chain(listed.iter().map(String::as_str)) {
+            upstream.remove_header(name);
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
+        let xff = forwarding::forwarded_for(headers_get(upstream, "x-forwarded-for"), peer);
+        upstream.insert_header("x-forwarded-for", xff)?;
+        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        if let Some(host) = headers_get(upstream, "host").map(str::to_owned) {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for (name, value) in ctx.response_headers.drain(..) {
+            response.append_header(name, value)?;
+        }
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(pool) = ctx.pool().cloned() else {
+            return e;
+        };
+        if let Some(in_flight) = ctx.in_flight.take() {
+            let idx = in_flight.server();
+            ctx.tried.push(idx);
+            let now = self.shared.env.clock.now();
+            if let Some(t) = pool.report(idx, false, now) {
+                log_transition(&pool, idx, t, "connect failures");
+            }
+            tracing::warn!(upstream = pool.name(), server = ctx.last_server.as_deref().unwrap_or(""),
+                error_type = e.etype().as_str(), request_id = %ctx.request_id, "upstream connect failed");
+        }
+        ctx.attempts += 1;
+        e.set_retry(pool.may_retry(ctx.attempts));
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let failure = ctx.failure.clone().unwrap_or_else(|| classify(e));
+        let error_code = match failure {
+            // The client is gone or sent garbage: nothing useful can be written back.
+            _ if e.esource() == &ErrorSource::Downstream
+                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) =>
+            {
+                0
+            }
+            _ => {
+                let reply = failure.reply();
+                if e.esource() == &ErrorSource::Upstream {
+                    tracing::warn!(upstream = ctx.pool().map(|p| p.name()).unwrap_or(""),
+                        server = ctx.last_server.as_deref().unwrap_or(""), error_type = failure.kind(),
+                        error = %e, request_id = %ctx.request_id, "upstream failure");
+                }
+                if let Err(err) = write_reply(session, &reply, &ctx.request_id).await {
+                    tracing::debug!(error = %err, "could not send error response");
+                }
+                reply.status
+            }
+        };
+        ctx.failure = Some(failure);
+        FailToProxy { error_code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.take()) {
+            let ok = e.is_none() && status < 500;
+            if let Some(t) = pool.report(in_flight.server(), ok, self.shared.env.clock.now()) {
+                log_transition(&pool, in_flight.server(), t, if ok { "live success" } else { "live failures" });
+            }
+        }
+        let elapsed = ctx.started.map_or(Duration::ZERO, |s| self.shared.env.clock.now().saturating_duration_since(s));
+        let header = session.req_header();
+        tracing::info!(
+            target: "locci::request",
+            request_id = %ctx.request_id,
+            method = %header.method,
+            path = %header.uri.path(),
+            route = %ctx.route.as_deref().unwrap_or("-"),
+            upstream = %ctx.pool().map_or("-", |p| p.name()),
+            server = %ctx.last_server.as_deref().unwrap_or("-"),
+            status,
+            duration_ms = elapsed.as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+fn headers_get<'h>(header: &'h RequestHeader, name: &str) -> Option<&'h str> {
+    header.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Maps a Pingora error to the failure the client is told about.
+fn classify(e: &Error) -> Failure {
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(400)) => Failure::BadRequest,
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Failure::UpstreamTimeout,
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError,
+        ) => Failure::UpstreamConnect,
+        (ErrorSource::Upstream, _) => Failure::UpstreamBroken,
+        (ErrorSource::Downstream, _) => Failure::BadRequest,
+        _ => Failure::Internal,
+    }
+}
+
+/// Sends a reply the proxy makes itself.
+async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
+    let body = reply.body(request_id);
+    let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 3))?;
+    for (name, value) in &reply.headers {
+        header.append_header(*name, value.as_str())?;
+    }
+    if !body.is_empty() {
+        header.insert_header("content-type", "application/json")?;
+    }
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("x-request-id", request_id)?;
+    session.write_response_header(Box::new(header), body.is_empty()).await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The Pingora adapter: the ProxyHttp impl, the health driver, and the network seams.
+
+pub mod gateway;
+mod headers;
+pub mod health;
+pub mod transport;
+
+pub use headers::HeaderView;
