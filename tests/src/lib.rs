@@ -1,1 +1,129 @@
-//! placeholder
+//! Harness for the end-to-end tests: the real `locci-proxy` binary, started on a free loopback port
+//! with a config the test writes, in front of demo backends the test starts; everything stops on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub use locci_proxy::demo::Backend;
+
+/// Upper bound for any wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The proxy binary built next to the test executables (`cargo build -p locci-proxy` first).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("locci-proxy");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p locci-proxy` (just test does) first", bin.display());
+    bin
+}
+
+/// A free loopback address (bound and released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Starts `n` demo backends named s0, s1, ...
+pub fn backends(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| Backend::start(&format!("s{i}"), "127.0.0.1:0".parse().unwrap()).unwrap()).collect()
+}
+
+/// The YAML list of the backends' addresses.
+pub fn servers_yaml(backends: &[Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// Polls `f` every 20 ms until it is true or `limit` passes; returns whether it became true.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Runs the binary with `args` and waits for it.
+pub fn run_cli(args: &[&str], dir: &Path) -> Output {
+    Command::new(binary()).args(args).current_dir(dir).output().unwrap()
+}
+
+/// A running proxy.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Writes `yaml` (where `{BIND}` stands for the listen address) and starts the proxy on it.
+    pub fn start(yaml: &str) -> Proxy {
+        Self::start_with_env(yaml, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Proxy {
+        let addr = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let control = free_addr();
+        let yaml = yaml.replace("{BIND}", &addr.to_string()).replace("{CONTROL}", &control.to_string());
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(binary())
+            .args(["--config", "config.yaml"])
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy { child, addr, dir };
+        let up = wait_until(WAIT, || {
+            assert!(proxy.child.try_wait().unwrap().is_none(), "proxy exited:\n{}", proxy.logs());
+            TcpStream::connect(addr).is_ok()
+        });
+        assert!(up, "proxy did not listen on {addr}:\n{}", proxy.logs());
+        proxy
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything the proxy has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client with a bounded timeout and no proxy from the environment.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).no_proxy().build().unwrap()
+}
+
+/// The `server` field of a demo backend's JSON answer.
+pub fn served_by(resp: reqwest::blocking::Response) -> String {
+    let body: serde_json::Value = resp.json().unwrap();
+    body["server"].as_str().unwrap_or("").to_string()
+}
