@@ -10,7 +10,7 @@ use super::{Config, ConfigError, ConfigErrors, Mode, UpstreamConfig};
 use crate::method::MethodSet;
 use crate::middleware::{self, Kind, Middlewares};
 use crate::route::{RouteSpec, RouteTable};
-use crate::upstream::{ActiveCheck, GroupSpec, HashKey, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds};
+use crate::upstream::{ActiveCheck, GroupSpec, HashKey, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds};
 
 /// The name of the one route in load_balancer mode.
 pub const LB_ROUTE: &str = "default";
@@ -222,6 +222,9 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
             }
         },
     };
+    if u.retries > MAX_RETRIES {
+        p.add(format!("{path}.retries"), format!("must be at most {MAX_RETRIES}"));
+    }
     if u.tls && u.sni.as_deref().is_some_and(str::is_empty) {
         p.add(format!("{path}.sni"), "must not be empty");
     }

@@ -13,6 +13,8 @@ use crate::request::RequestInfo;
 
 /// Most servers one group may have (ketama indexes nodes with 16 bits; this keeps selection cheap).
 pub const MAX_SERVERS: usize = 1024;
+/// Most extra attempts a request may make after connect failures.
+pub const MAX_RETRIES: u32 = 10;
 /// Largest server weight (bounds the weighted schedule to MAX_SERVERS x MAX_WEIGHT entries).
 pub const MAX_WEIGHT: u32 = 100;
 
