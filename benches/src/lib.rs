@@ -1,1 +1,1 @@
-//! placeholder
+//! Criterion benchmarks of locci; see `benches/core.rs`. Run with `just bench`.

@@ -179,12 +179,14 @@ fn run(valid: ValidConfig, upgrade: bool, keep_alive: Vec<Backend>) -> ExitCode 
 
 fn server_conf(valid: &ValidConfig) -> ServerConf {
     let s = &valid.config.server;
-    let mut conf = ServerConf::default();
-    conf.threads = s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    conf.upstream_keepalive_pool_size = s.connection_pool.max_idle;
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout_secs);
-    conf.pid_file = std::env::temp_dir().join(format!("locci-proxy-{}.pid", std::process::id())).display().to_string();
-    conf.upgrade_sock = std::env::temp_dir().join("locci-proxy-upgrade.sock").display().to_string();
-    conf
+    let tmp = std::env::temp_dir();
+    ServerConf {
+        threads: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        upstream_keepalive_pool_size: s.connection_pool.max_idle,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
+        pid_file: tmp.join(format!("locci-proxy-{}.pid", std::process::id())).display().to_string(),
+        upgrade_sock: tmp.join("locci-proxy-upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    }
 }

@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: the real `locci-proxy` binary, started on a free loopback port
 //! with a config the test writes, in front of demo backends the test starts; everything stops on drop.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+// The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

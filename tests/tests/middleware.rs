@@ -1,6 +1,7 @@
 //! Middlewares against the real binary: rate limits, JWT (tokens signed by jsonwebtoken with the
 //! test's own keys), CORS, and the order a route lists them in.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+// The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use locci_e2e::*;

@@ -22,8 +22,12 @@ pub struct RequestInfo<'a> {
     pub headers: &'a dyn Headers,
 }
 
-impl Headers for [(&str, &str)] {
+/// Headers as a list of name/value pairs (tests, benches, the simulator).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderPairs<'a>(pub &'a [(&'a str, &'a str)]);
+
+impl Headers for HeaderPairs<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
 }

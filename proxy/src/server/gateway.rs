@@ -41,6 +41,42 @@ impl Gateway {
     fn now(&self) -> Now {
         Now { mono: self.shared.env.clock.now(), unix: self.shared.env.clock.unix_now() }
     }
+    /// Runs the core's plan for a request; `Some` is the reply the proxy sends itself.
+    fn plan(&self, session: &Session, ctx: &mut RequestCtx, runtime: &Arc<Runtime>, now: Now) -> Option<Reply> {
+        let header = session.req_header();
+        let headers = HeaderView(header);
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
+        ctx.client_ip = forwarding::client_ip(peer, headers_get(header, "x-forwarded-for"), runtime.trusted());
+        ctx.request_id =
+            forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
+        let uri = &header.uri;
+        let req = RequestInfo {
+            method: header.method.as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            client_ip: ctx.client_ip,
+            headers: &headers,
+        };
+        match runtime.plan(&req, now, &*self.shared.env.entropy) {
+            Plan::Respond { route, failure, rejection: _ } => {
+                ctx.route = route.map(|r| Arc::clone(&r.name));
+                let reply = failure.reply();
+                ctx.failure = Some(failure);
+                Some(reply)
+            }
+            Plan::Forward { route, group, server, response_headers } => {
+                ctx.route = Some(Arc::clone(&route.name));
+                ctx.group = Some(group);
+                ctx.read_timeout = runtime.read_timeout(route);
+                let forwarded = route.upstream_path(req.path, req.query);
+                let original = uri.path_and_query().map_or("/", |p| p.as_str());
+                ctx.upstream_path = (forwarded != original).then(|| forwarded.into_owned());
+                ctx.response_headers = response_headers;
+                ctx.in_flight = runtime.pools().get(group).map(|pool| pool.begin(server));
+                None
+            }
+        }
+    }
 }
 
 /// Per-request state.
@@ -94,48 +130,15 @@ impl ProxyHttp for Gateway {
         let now = self.now();
         ctx.started = Some(now.mono);
         let runtime = self.shared.runtime();
-        let reply = {
-            let header = session.req_header();
-            let headers = HeaderView(header);
-            let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
-            ctx.client_ip = forwarding::client_ip(peer, headers_get(header, "x-forwarded-for"), runtime.trusted());
-            ctx.request_id =
-                forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
-            let uri = &header.uri;
-            let req = RequestInfo {
-                method: header.method.as_str(),
-                path: uri.path(),
-                query: uri.query(),
-                client_ip: ctx.client_ip,
-                headers: &headers,
-            };
-            let reply = match runtime.plan(&req, now, &*self.shared.env.entropy) {
-                Plan::Respond { route, failure, rejection: _ } => {
-                    ctx.route = route.map(|r| Arc::clone(&r.name));
-                    let reply = failure.reply();
-                    ctx.failure = Some(failure);
-                    reply
-                }
-                Plan::Forward { route, group, server, response_headers } => {
-                    ctx.route = Some(Arc::clone(&route.name));
-                    ctx.group = Some(group);
-                    ctx.read_timeout = runtime.read_timeout(route);
-                    let forwarded = route.upstream_path(req.path, req.query);
-                    let original = uri.path_and_query().map_or("/", |p| p.as_str());
-                    ctx.upstream_path = (forwarded != original).then(|| forwarded.into_owned());
-                    ctx.response_headers = response_headers;
-                    if let Some(pool) = runtime.pools().get(group) {
-                        ctx.in_flight = Some(pool.begin(server));
-                    }
-                    ctx.runtime = Some(Arc::clone(&runtime));
-                    return Ok(false);
-                }
-            };
-            reply
-        };
+        let reply = self.plan(session, ctx, &runtime, now);
         ctx.runtime = Some(runtime);
-        write_reply(session, &reply, &ctx.request_id).await?;
-        Ok(true)
+        match reply {
+            None => Ok(false),
+            Some(reply) => {
+                write_reply(session, &reply, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

@@ -10,7 +10,9 @@ use super::{Config, ConfigError, ConfigErrors, Mode, UpstreamConfig};
 use crate::method::MethodSet;
 use crate::middleware::{self, Kind, Middlewares};
 use crate::route::{RouteSpec, RouteTable};
-use crate::upstream::{ActiveCheck, GroupSpec, HashKey, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds};
+use crate::upstream::{
+    ActiveCheck, GroupSpec, HashKey, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds,
+};
 
 /// The name of the one route in load_balancer mode.
 pub const LB_ROUTE: &str = "default";

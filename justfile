@@ -1,0 +1,52 @@
+# locci's everyday commands. `just --list` shows them all.
+# CI runs `just ci` (see .ci/run); the README's test command is `scripts/setup && just ci`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+jobs := "2"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build every crate (debug).
+build:
+    cargo build --workspace --all-targets -j {{jobs}}
+
+# Run the zero-set-up demo: gateway on 127.0.0.1:8484 in front of three built-in backends.
+demo:
+    cargo run -j {{jobs}} -p locci-proxy -- demo
+
+# Run the proxy with a config file.
+run config="config.yaml":
+    cargo run -j {{jobs}} -p locci-proxy -- --config {{config}}
+
+# Validate one config file.
+check config="config.yaml":
+    cargo run -q -j {{jobs}} -p locci-proxy -- check --config {{config}}
+
+# Validate every config shipped in the repo.
+check-examples:
+    cargo build -q -j {{jobs}} -p locci-proxy
+    for f in config.yaml examples/*.yaml; do cargo run -q -j {{jobs}} -p locci-proxy -- check --config "$f"; done
+
+# Run every test: core unit and property tests, then the end-to-end tests against the real binary.
+test:
+    cargo build -j {{jobs}} --workspace --all-targets
+    cargo test -j {{jobs}} --workspace --no-fail-fast
+
+# Formatting check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy -j {{jobs}} --workspace --all-targets -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Criterion benchmarks of the core's hot paths (release build).
+bench:
+    cargo bench -j {{jobs}} -p locci-benches
+
+# Everything CI runs.
+ci: lint test check-examples
