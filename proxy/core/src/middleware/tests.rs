@@ -1,1 +1,238 @@
+use std::net::{IpAddr, Ipv4Addr};
 
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::config::{AuthConfig, CorsConfig, RateLimitConfig, Secret};
+use crate::request::HeaderPairs;
+
+fn settings(rpm: u32, burst: u32) -> RateSettings {
+    let c = RateLimitConfig { requests_per_minute: rpm, burst_size: Some(burst), key_header: Some("X-Key".into()) };
+    RateSettings::compile(&c, "rl", &mut |p, m| panic!("{p}: {m}")).unwrap()
+}
+
+#[test]
+fn exactly_the_burst_is_admitted_at_once() {
+    let clock = ManualClock::default();
+    let rl = RateLimiter::new(settings(60, 5), clock.now());
+    let admitted = (0..20).filter(|_| rl.check_key("k", clock.now()).allowed).count();
+    assert_eq!(admitted, 5);
+    let refused = rl.check_key("k", clock.now());
+    assert_eq!((refused.allowed, refused.remaining, refused.retry_after_secs), (false, 0, 1));
+}
+
+#[test]
+fn refill_is_exact_over_a_simulated_minute() {
+    // 120 per minute with burst 1: one token every 500 ms, so 120 admissions in 60 s of 100 ms steps.
+    let clock = ManualClock::default();
+    let rl = RateLimiter::new(settings(120, 1), clock.now());
+    let mut admitted = 0;
+    for _ in 0..600 {
+        if rl.check_key("k", clock.now()).allowed {
+            admitted += 1;
+        }
+        clock.advance(Duration::from_millis(100));
+    }
+    assert_eq!(admitted, 120);
+}
+
+#[test]
+fn headers_report_limit_remaining_and_reset() {
+    let clock = ManualClock::default();
+    let s = settings(60, 3);
+    let rl = RateLimiter::new(s.clone(), clock.now());
+    let d = rl.check_key("k", clock.now());
+    assert_eq!(
+        d.headers(&s),
+        vec![
+            ("ratelimit-limit", "3".to_string()),
+            ("ratelimit-remaining", "2".to_string()),
+            ("ratelimit-reset", "1".to_string())
+        ]
+    );
+}
+
+#[test]
+fn zero_rate_and_zero_burst_are_config_errors() {
+    let mut problems = Vec::new();
+    let c = RateLimitConfig { requests_per_minute: 0, burst_size: Some(0), key_header: None };
+    assert!(RateSettings::compile(&c, "rl", &mut |p, _| problems.push(p)).is_none());
+    assert_eq!(problems, vec!["rl.requests_per_minute", "rl.burst_size"]);
+}
+
+#[test]
+fn default_burst_is_a_second_of_traffic_and_at_least_one() {
+    let c = RateLimitConfig { requests_per_minute: 600, burst_size: None, key_header: None };
+    assert_eq!(RateSettings::compile(&c, "", &mut |_, _| {}).unwrap().burst, 10);
+    let c = RateLimitConfig { requests_per_minute: 30, burst_size: None, key_header: None };
+    assert_eq!(RateSettings::compile(&c, "", &mut |_, _| {}).unwrap().burst, 1);
+}
+
+#[test]
+fn a_flood_of_distinct_keys_stays_bounded() {
+    let clock = ManualClock::default();
+    let rl = RateLimiter::new(settings(60, 1), clock.now());
+    for i in 0..(MAX_KEYS + 500) {
+        rl.check_key(&format!("k{i}"), clock.now());
+    }
+    assert!(rl.tracked_keys() <= MAX_KEYS);
+    // Once the buckets have refilled, a sweep makes room and new keys are tracked again.
+    clock.advance(Duration::from_secs(2));
+    assert!(rl.check_key("fresh", clock.now()).allowed);
+    assert!(rl.tracked_keys() < MAX_KEYS);
+}
+
+proptest! {
+    // Over any arrival sequence, admissions in every window [a_i, a_j] are at most burst + rate x elapsed.
+    #[test]
+    fn admissions_never_exceed_burst_plus_rate_times_elapsed(
+        rpm in 1u32..6000, burst in 1u32..50, gaps in prop::collection::vec(0u64..2000, 1..300)
+    ) {
+        let clock = ManualClock::default();
+        let t0 = clock.now();
+        let rl = RateLimiter::new(settings(rpm, burst), t0);
+        let mut admitted: Vec<f64> = Vec::new();
+        for gap in gaps {
+            clock.advance(Duration::from_millis(gap));
+            if rl.check_key("k", clock.now()).allowed {
+                admitted.push((clock.now() - t0).as_secs_f64());
+            }
+        }
+        let rate = f64::from(rpm) / 60.0;
+        for i in 0..admitted.len() {
+            for j in i..admitted.len() {
+                let count = (j - i + 1) as f64;
+                prop_assert!(count <= f64::from(burst) + rate * (admitted[j] - admitted[i]) + 1e-6);
+            }
+        }
+    }
+}
+
+fn cors(origins: &[&str], credentials: bool) -> Cors {
+    let c = CorsConfig {
+        allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+        allowed_methods: vec!["GET".into(), "POST".into()],
+        allowed_headers: vec!["Authorization".into()],
+        expose_headers: vec![],
+        allow_credentials: credentials,
+        max_age_secs: 60,
+    };
+    Cors::compile(&c, "cors", &mut |p, m| panic!("{p}: {m}")).unwrap()
+}
+
+fn info<'a>(method: &'a str, headers: &'a HeaderPairs<'a>) -> RequestInfo<'a> {
+    RequestInfo { method, path: "/", query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers }
+}
+
+#[test]
+fn cors_decisions_table() {
+    let c = cors(&["https://a.example"], true);
+    let pre = [("origin", "https://a.example"), ("access-control-request-method", "POST")];
+    match c.decide(&info("OPTIONS", &HeaderPairs(&pre))) {
+        CorsDecision::Preflight(h) => {
+            assert!(h.contains(&("access-control-allow-origin", "https://a.example".into())));
+            assert!(h.contains(&("access-control-allow-credentials", "true".into())));
+            assert!(h.contains(&("vary", "Origin".into())));
+        }
+        other => panic!("{other:?}"),
+    }
+    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "POST")];
+    assert_eq!(c.decide(&info("OPTIONS", &HeaderPairs(&evil))), CorsDecision::PreflightRejected);
+    let bad_method = [("origin", "https://a.example"), ("access-control-request-method", "DELETE")];
+    assert_eq!(c.decide(&info("OPTIONS", &HeaderPairs(&bad_method))), CorsDecision::PreflightRejected);
+    assert_eq!(c.decide(&info("GET", &HeaderPairs(&[]))), CorsDecision::NotCors);
+    assert_eq!(c.decide(&info("GET", &HeaderPairs(&[("origin", "https://evil.example")]))), CorsDecision::NotCors);
+    let star = cors(&["*"], false);
+    match star.decide(&info("GET", &HeaderPairs(&[("origin", "https://x")]))) {
+        CorsDecision::Actual(h) => assert_eq!(h[0], ("access-control-allow-origin", "*".to_string())),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn credentials_with_any_origin_is_refused() {
+    let c = CorsConfig { allowed_origins: vec!["*".into()], allow_credentials: true, ..CorsConfig::default() };
+    let mut problems = Vec::new();
+    assert!(Cors::compile(&c, "cors", &mut |p, _| problems.push(p)).is_none());
+    assert_eq!(problems, vec!["cors.allow_credentials"]);
+}
+
+fn auth() -> Authenticator {
+    let c = AuthConfig {
+        jwt_secret: Some(Secret::new("s3cret-s3cret-s3cret-s3cret-s3cret")),
+        jwt_public_key_path: None,
+        algorithms: vec!["HS256".into()],
+        issuer: None,
+        audience: None,
+        leeway_secs: 5,
+        excluded_paths: vec!["/open".into(), "^/pub/".into()],
+    };
+    Authenticator::compile(&c, "auth", &mut |p, m| panic!("{p}: {m}")).unwrap()
+}
+
+fn token(exp: u64) -> String {
+    // header {"alg":"HS256","typ":"JWT"}; payload {"exp":N}; signed with the test secret via jsonwebtoken.
+    #[derive(serde::Serialize)]
+    struct C {
+        exp: u64,
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &C { exp },
+        &jsonwebtoken::EncodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn jwt_expiry_is_checked_against_the_clock_with_leeway() {
+    let a = auth();
+    let now = Duration::from_secs(1_800_000_000);
+    assert_eq!(a.verify(&token(1_800_000_100), now), Ok(()));
+    assert_eq!(a.verify(&token(1_799_999_997), now), Ok(()), "within leeway");
+    assert_eq!(a.verify(&token(1_799_999_990), now), Err(AuthReject::Expired));
+    assert_eq!(a.verify("garbage", now), Err(AuthReject::Malformed));
+    assert_eq!(a.verify(&"a".repeat(20_000), now), Err(AuthReject::Malformed));
+}
+
+#[test]
+fn excluded_paths_are_exact_or_anchored_regex() {
+    let a = auth();
+    assert!(a.is_excluded("/open"));
+    assert!(!a.is_excluded("/open/more"));
+    assert!(a.is_excluded("/pub/x"));
+    assert!(!a.is_excluded("/private"));
+}
+
+#[test]
+fn rs_algorithms_need_a_readable_key() {
+    let c = AuthConfig {
+        jwt_secret: None,
+        jwt_public_key_path: Some("/nonexistent/key.pem".into()),
+        algorithms: vec!["RS256".into(), "XX999".into()],
+        issuer: None,
+        audience: None,
+        leeway_secs: 0,
+        excluded_paths: vec![],
+    };
+    let mut problems = Vec::new();
+    assert!(Authenticator::compile(&c, "auth", &mut |p, _| problems.push(p)).is_none());
+    assert_eq!(problems, vec!["auth.jwt_public_key_path", "auth.algorithms[1]"]);
+}
+
+#[test]
+fn the_chain_stops_at_the_first_answer_and_keeps_earlier_headers() {
+    let clock = ManualClock::default();
+    let rl = Arc::new(RateLimiter::new(settings(60, 1), clock.now()));
+    let steps = vec![Step::RateLimit(Arc::clone(&rl)), Step::Auth(Arc::new(auth()))];
+    let now = Now { mono: clock.now(), unix: clock.unix_now() };
+    let h = HeaderPairs(&[]);
+    let first = run(&steps, &info("GET", &h), now);
+    assert_eq!(first.reply.as_ref().map(|r| r.status), Some(401));
+    assert!(first.reply.unwrap().headers.iter().any(|(n, _)| *n == "ratelimit-limit"));
+    let second = run(&steps, &info("GET", &h), now);
+    assert_eq!(second.reply.map(|r| r.status), Some(429));
+    assert_eq!(second.rejection, Some(Rejection::RateLimited));
+    assert!(run(&[], &info("GET", &h), now).reply.is_none());
+}

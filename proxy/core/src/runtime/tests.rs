@@ -1,1 +1,72 @@
+use std::net::{IpAddr, Ipv4Addr};
 
+use super::*;
+use crate::clock::{Clock, ManualClock, SeededEntropy};
+use crate::config::load;
+use crate::request::HeaderPairs;
+
+fn runtime(text: &str, previous: Option<&Runtime>) -> Runtime {
+    let valid = load(text, &|_| None).unwrap();
+    Runtime::build(valid, previous, previous.map_or(1, |p| p.generation() + 1), ManualClock::default().now())
+}
+
+const GW: &str = "mode: api_gateway\nupstreams:\n  u: { servers: [\"10.0.0.1:80\", \"10.0.0.2:80\"] }\n  v: { servers: [\"10.0.0.3:80\"] }\n\
+                  api_gateway:\n  routes:\n    users: { path_pattern: \"^/users\", upstream: u, methods: [GET], middlewares: [cors, rate_limit] }\n\
+                  \x20   other: { path_pattern: \"^/other\", upstream: v }\n  middlewares:\n    rate_limiting: { requests_per_minute: 60, burst_size: 1 }\n\
+                  \x20   cors: { allowed_origins: [\"https://a\"], allowed_methods: [GET, POST] }\n";
+
+fn plan<'a>(rt: &'a Runtime, method: &'a str, path: &'a str, headers: &'a HeaderPairs<'a>) -> Plan<'a> {
+    let clock = ManualClock::default();
+    let req = RequestInfo { method, path, query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers };
+    rt.plan(&req, Now { mono: clock.now(), unix: clock.unix_now() }, &SeededEntropy::new(1))
+}
+
+fn status(p: &Plan<'_>) -> u16 {
+    match p {
+        Plan::Respond { failure, .. } => failure.reply().status,
+        Plan::Forward { .. } => 0,
+    }
+}
+
+#[test]
+fn plan_routes_filters_and_limits() {
+    let rt = runtime(GW, None);
+    let none = HeaderPairs(&[]);
+    assert!(matches!(plan(&rt, "GET", "/users/1", &none), Plan::Forward { group: 0, .. }));
+    assert_eq!(status(&plan(&rt, "GET", "/nope", &none)), 404);
+    assert_eq!(status(&plan(&rt, "POST", "/users", &none)), 405);
+    assert_eq!(status(&plan(&rt, "GET", "/users/1", &none)), 429, "burst of one is spent");
+    let pre = [("origin", "https://a"), ("access-control-request-method", "POST")];
+    assert_eq!(status(&plan(&rt, "OPTIONS", "/users", &HeaderPairs(&pre))), 204, "preflight ignores route methods");
+}
+
+#[test]
+fn all_servers_down_is_503() {
+    let rt = runtime(GW, None);
+    let now = ManualClock::default().now();
+    let v = &rt.pools()[1];
+    assert!(v.probe(0, false, now).is_none(), "no active checks configured: probes are ignored");
+    v.report(0, false, now);
+    let rt2 = runtime(
+        &GW.replace(
+            "v: { servers: [\"10.0.0.3:80\"] }",
+            "v: { servers: [\"10.0.0.3:80\"], passive: { consecutive_failures: 1 } }",
+        ),
+        None,
+    );
+    rt2.pools()[1].report(0, false, now);
+    assert_eq!(status(&plan(&rt2, "GET", "/other", &HeaderPairs(&[]))), 503);
+}
+
+#[test]
+fn reload_keeps_unchanged_groups_and_route_buckets_and_replaces_changed_ones() {
+    let old = runtime(GW, None);
+    let none = HeaderPairs(&[]);
+    assert!(matches!(plan(&old, "GET", "/users", &none), Plan::Forward { .. }));
+    let changed = GW.replace("v: { servers: [\"10.0.0.3:80\"] }", "v: { servers: [\"10.0.0.4:80\"] }");
+    let new = runtime(&changed, Some(&old));
+    assert_eq!(new.generation(), 2);
+    assert!(Arc::ptr_eq(&old.pools()[0], &new.pools()[0]), "unchanged group carried over");
+    assert!(!Arc::ptr_eq(&old.pools()[1], &new.pools()[1]), "changed group rebuilt");
+    assert_eq!(status(&plan(&new, "GET", "/users", &none)), 429, "the route's bucket survived the reload");
+}
