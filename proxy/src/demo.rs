@@ -3,14 +3,15 @@
 //!
 //! Each answers every path with JSON naming itself and echoing what it received, and has a few
 //! behaviours to provoke: `GET /health` (200, or 503 when told to be unhealthy), `/slow?ms=N` (answers
-//! after N ms, at most 60 s), `/status/N` (answers with status N).
+//! after N ms, at most 60 s), `/status/N` (answers with status N). The JSON includes `peer`, the address
+//! the request came from, so tests can see whether connections are reused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -53,6 +54,7 @@ impl Backend {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = stopped.await;
                 });
@@ -101,6 +103,7 @@ async fn health(State(state): State<Arc<BackendState>>) -> StatusCode {
 
 async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     if path == "/slow" {
@@ -128,6 +131,7 @@ async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response 
         "path": path,
         "query": query,
         "headers": headers,
+        "peer": peer,
     });
     (status, Json(body)).into_response()
 }

@@ -218,3 +218,27 @@ fn forwarding_headers_and_request_ids_reach_the_upstream_and_come_back() {
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["headers"]["x-request-id"], id.as_str());
 }
+
+#[test]
+fn upstream_connections_are_reused_and_max_idle_zero_turns_reuse_off() {
+    // Goal: keep-alive to upstreams is on, and connection_pool.max_idle reaches Pingora's pool.
+    // Method: 20 sequential requests through one worker; count the distinct client ports the server saw.
+    let b = backends(1);
+    let peers = |pool: &str| {
+        let cfg = format!(
+            "mode: load_balancer\nserver:\n  bind_address: \"{{BIND}}\"\n  workers: 1\n  connection_pool: {pool}\n\
+             control_api: {{ enabled: false }}\nupstreams:\n  u: {{ servers: {} }}\nload_balancer: {{ upstream: u }}\n",
+            servers_yaml(&b)
+        );
+        let proxy = Proxy::start(&cfg);
+        let http = client();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let body: serde_json::Value = http.get(proxy.url("/p")).send().unwrap().json().unwrap();
+            seen.insert(body["peer"].as_str().unwrap().to_string());
+        }
+        seen.len()
+    };
+    assert_eq!(peers("{ max_idle: 16, idle_timeout_secs: 60 }"), 1, "one pooled connection serves every request");
+    assert_eq!(peers("{ max_idle: 0 }"), 20, "with no pool every request opens a connection");
+}

@@ -130,6 +130,11 @@ impl Runtime {
         Duration::from_secs(self.config.server.connection_pool.idle_timeout_secs)
     }
 
+    /// Whether upstream connections are kept for reuse (`max_idle: 0` turns reuse off).
+    pub fn upstream_keepalive(&self) -> bool {
+        self.config.server.connection_pool.max_idle > 0
+    }
+
     /// Decides what happens to a request: route, middlewares, first server.
     pub fn plan<'a>(&'a self, req: &RequestInfo<'_>, now: Now, entropy: &dyn Entropy) -> Plan<'a> {
         let route = match self.find_route(req) {

@@ -235,6 +235,10 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if !ctx.runtime.as_ref().is_none_or(|r| r.upstream_keepalive()) {
+            // Pingora's pool keeps a connection even at size 0; asking the server to close is what stops reuse.
+            upstream.insert_header("connection", "close")?;
+        }
         Ok(())
     }
 
