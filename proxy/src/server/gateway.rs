@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use locci_core::forwarding;
 use locci_core::middleware::Now;
-use locci_core::request::RequestInfo;
 use locci_core::respond::{Failure, Reply};
 use locci_core::upstream::{InFlight, Pool};
 use locci_core::{Plan, Runtime};
@@ -50,13 +49,7 @@ impl Gateway {
         ctx.request_id =
             forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
         let uri = &header.uri;
-        let req = RequestInfo {
-            method: header.method.as_str(),
-            path: uri.path(),
-            query: uri.query(),
-            client_ip: ctx.client_ip,
-            headers: &headers,
-        };
+        let req = headers.request(ctx.client_ip);
         match runtime.plan(&req, now, &*self.shared.env.entropy) {
             Plan::Respond { route, failure, rejection: _ } => {
                 ctx.route = route.map(|r| Arc::clone(&r.name));
@@ -150,13 +143,7 @@ impl ProxyHttp for Gateway {
                 None => {
                     let header = session.req_header();
                     let headers = HeaderView(header);
-                    let req = RequestInfo {
-                        method: header.method.as_str(),
-                        path: header.uri.path(),
-                        query: header.uri.query(),
-                        client_ip: ctx.client_ip,
-                        headers: &headers,
-                    };
+                    let req = headers.request(ctx.client_ip);
                     let Some(idx) = pool.select(&req, &ctx.tried, &*self.shared.env.entropy) else {
                         ctx.failure = Some(if ctx.tried.is_empty() {
                             Failure::NoHealthyUpstream

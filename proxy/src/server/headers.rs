@@ -1,6 +1,8 @@
 //! Pingora's request headers seen through the core's `Headers` trait.
 
-use locci_core::request::Headers;
+use std::net::IpAddr;
+
+use locci_core::request::{Headers, RequestInfo};
 use pingora_http::RequestHeader;
 
 /// A read-only view of a Pingora request header for the core.
@@ -9,5 +11,19 @@ pub struct HeaderView<'a>(pub &'a RequestHeader);
 impl Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl HeaderView<'_> {
+    /// The core's view of the request, with the client IP already worked out.
+    pub fn request(&self, client_ip: IpAddr) -> RequestInfo<'_> {
+        let header = self.0;
+        RequestInfo {
+            method: header.method.as_str(),
+            path: header.uri.path(),
+            query: header.uri.query(),
+            client_ip,
+            headers: self,
+        }
     }
 }
