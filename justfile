@@ -50,3 +50,10 @@ bench:
 
 # Everything CI runs.
 ci: lint test check-examples
+
+# Make a self-signed certificate for local TLS testing: certs/server.crt and certs/server.key (localhost, 127.0.0.1).
+tls-cert:
+    mkdir -p certs
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 365 -subj /CN=localhost \
+      -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout certs/server.key -out certs/server.crt 2>/dev/null
+    @echo "wrote certs/server.crt and certs/server.key; set server.tls.cert_path/key_path to them"

@@ -1,10 +1,12 @@
 //! The proxy's one constructor, and the state every request and background task shares.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
 use locci_core::{Runtime, ValidConfig};
+use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 
@@ -41,6 +43,8 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     /// The environment.
     pub env: Env,
+    /// Upstream CA bundles by path, read when a config is applied (never on the request path).
+    cas: ArcSwap<BTreeMap<String, Arc<CaType>>>,
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
 }
@@ -49,7 +53,13 @@ impl Shared {
     /// Shared state serving `valid` as generation 1.
     pub fn new(valid: ValidConfig, env: Env) -> Arc<Shared> {
         let runtime = Runtime::build(valid, None, 1, env.clock.now());
-        Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), env, change: Mutex::new(()) })
+        let cas = ArcSwap::from_pointee(read_cas(&runtime));
+        Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), env, cas, change: Mutex::new(()) })
+    }
+
+    /// The CA bundle read from `path`, if the current config names it.
+    pub fn ca(&self, path: &str) -> Option<Arc<CaType>> {
+        self.cas.load().get(path).cloned()
     }
 
     /// The runtime new requests use.
@@ -63,6 +73,7 @@ impl Shared {
         let old = self.runtime.load_full();
         let generation = old.generation() + 1;
         let next = Runtime::build(valid, Some(&old), generation, self.env.clock.now());
+        self.cas.store(Arc::new(read_cas(&next)));
         self.runtime.store(Arc::new(next));
         generation
     }
@@ -72,4 +83,19 @@ impl Shared {
 /// simulator feeds it simulated connections.
 pub fn build_app(shared: Arc<Shared>, conf: &Arc<ServerConf>) -> HttpProxy<Gateway> {
     pingora_proxy::http_proxy(conf, Gateway::new(shared))
+}
+
+fn read_cas(runtime: &Runtime) -> BTreeMap<String, Arc<CaType>> {
+    let mut cas = BTreeMap::new();
+    for pool in runtime.pools() {
+        if let Some(path) = &pool.spec().ca_path {
+            match crate::config_file::read_ca_bundle(path) {
+                Some(bundle) => {
+                    cas.insert(path.clone(), Arc::new(bundle));
+                }
+                None => tracing::error!(upstream = pool.name(), path = %path, "cannot read CA bundle"),
+            }
+        }
+    }
+    cas
 }

@@ -62,12 +62,30 @@ pub fn load_text(text: &str, overrides: &Overrides) -> Result<ValidConfig, Confi
     }
 }
 
-/// Checks that the listener's certificate and key parse and belong together.
+/// Reads a PEM bundle of CA certificates; `None` when it is missing, unreadable or holds no certificate.
+pub fn read_ca_bundle(path: &str) -> Option<Box<[X509]>> {
+    let pem = std::fs::read(path).ok()?;
+    X509::stack_from_pem(&pem).ok().filter(|c| !c.is_empty()).map(Vec::into_boxed_slice)
+}
+
+/// Checks that the listener's certificate and key parse and belong together, and that upstream CA bundles
+/// parse.
 pub fn check_tls(config: &Config) -> Vec<ConfigError> {
-    let Some(tls) = &config.server.tls else {
-        return Vec::new();
-    };
     let mut problems = Vec::new();
+    for (name, upstream) in &config.upstreams {
+        if let Some(ca) = &upstream.ca_path
+            && Path::new(ca).is_file()
+            && read_ca_bundle(ca).is_none()
+        {
+            problems.push(ConfigError::at(
+                format!("upstreams.{name}.ca_path"),
+                format!("{ca:?} is not a PEM certificate bundle"),
+            ));
+        }
+    }
+    let Some(tls) = &config.server.tls else {
+        return problems;
+    };
     let cert = match std::fs::read(&tls.cert_path) {
         Err(_) => None, // a missing file is reported by validation
         Ok(pem) => match X509::stack_from_pem(&pem) {

@@ -70,8 +70,16 @@ impl Proxy {
 
     /// Same, with extra environment variables.
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_with(yaml, env, &[])
+    }
+
+    /// Same, with files (name, content) written beside the config first.
+    pub fn start_with(yaml: &str, env: &[(&str, &str)], files: &[(&str, &str)]) -> Proxy {
         let addr = free_addr();
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let control = free_addr();
         let yaml = yaml.replace("{BIND}", &addr.to_string()).replace("{CONTROL}", &control.to_string());
         std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
@@ -127,4 +135,34 @@ pub fn client() -> reqwest::blocking::Client {
 pub fn served_by(resp: reqwest::blocking::Response) -> String {
     let body: serde_json::Value = resp.json().unwrap();
     body["server"].as_str().unwrap_or("").to_string()
+}
+
+/// A test certificate authority and a server certificate for `localhost` and 127.0.0.1 that it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Makes a fresh CA and server certificate (rcgen; nothing leaves the test).
+pub fn pki() -> TestPki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "locci test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    TestPki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+/// A blocking HTTPS client that trusts `ca_pem` only.
+pub fn tls_client(ca_pem: &str) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
 }

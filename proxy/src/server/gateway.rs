@@ -188,6 +188,9 @@ impl ProxyHttp for Gateway {
             peer.options.write_timeout = Some(ctx.read_timeout);
             peer.options.idle_timeout = Some(runtime.idle_timeout());
             peer.options.custom_l4 = self.shared.env.transport.custom_l4();
+            if let Some(path) = &spec.ca_path {
+                peer.options.ca = self.shared.ca(path);
+            }
             return Ok(Box::new(peer));
         }
     }

@@ -167,6 +167,9 @@ pub struct UpstreamConfig {
     /// SNI and certificate name when `tls` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// PEM bundle that verifies the servers' certificates (default: the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<String>,
     /// Active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,

@@ -130,6 +130,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     retries: 1,
                     tls: false,
                     sni: None,
+                    ca_path: None,
                     health_check: None,
                     passive: None,
                 },

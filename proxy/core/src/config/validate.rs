@@ -227,6 +227,13 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
     if u.retries > MAX_RETRIES {
         p.add(format!("{path}.retries"), format!("must be at most {MAX_RETRIES}"));
     }
+    if let Some(ca) = &u.ca_path {
+        if !u.tls {
+            p.add(format!("{path}.ca_path"), "only applies with tls: true");
+        } else if !Path::new(ca).is_file() {
+            p.add(format!("{path}.ca_path"), format!("file {ca:?} does not exist"));
+        }
+    }
     if u.tls && u.sni.as_deref().is_some_and(str::is_empty) {
         p.add(format!("{path}.sni"), "must not be empty");
     }
@@ -270,6 +277,7 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
         retries: u.retries,
         tls: u.tls,
         sni: u.sni.clone(),
+        ca_path: u.ca_path.clone(),
         active,
         passive,
     })

@@ -59,6 +59,8 @@ pub struct GroupSpec {
     pub tls: bool,
     /// SNI name.
     pub sni: Option<String>,
+    /// CA bundle for verifying the servers.
+    pub ca_path: Option<String>,
     /// Active checks.
     pub active: Option<ActiveCheck>,
     /// Passive detection.

@@ -21,6 +21,7 @@ fn spec(strategy: Strategy, weights: &[u32]) -> GroupSpec {
         retries: 1,
         tls: false,
         sni: None,
+        ca_path: None,
         active: Some(ActiveCheck {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
