@@ -1,15 +1,21 @@
-//! The proxy's one constructor, and the state every request and background task shares.
+//! The proxy's one constructor, and the state every request, background task and the control API share.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
+use locci_core::config::{Config, ConfigErrors};
 use locci_core::{Runtime, ValidConfig};
 use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 
+use crate::config_file::{self, Overrides};
+use crate::observe::Metrics;
 use crate::server::gateway::Gateway;
 use crate::server::transport::{NativeTransport, Prober, TcpProber, UpstreamTransport};
 
@@ -38,28 +44,59 @@ impl Env {
     }
 }
 
+/// Where the config came from, so a reload can read it again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file; `None` for the demo, which has no file to reload.
+    pub path: Option<PathBuf>,
+    /// Command-line overrides, applied again on every reload.
+    pub overrides: Overrides,
+}
+
+/// Why a change was not applied.
+#[derive(Debug)]
+pub enum ChangeError<E> {
+    /// The caller's own refusal (not found, conflict, bad body).
+    Refused(E),
+    /// The changed config does not validate (or needs a restart); nothing changed.
+    Invalid(ConfigErrors),
+}
+
 /// State shared by every request, the health driver and the control plane.
 pub struct Shared {
     runtime: ArcSwap<Runtime>,
     /// The environment.
     pub env: Env,
+    /// Every metric.
+    pub metrics: Metrics,
+    /// Where the config file is.
+    pub source: ConfigSource,
+    /// When this process started serving (from the Clock).
+    pub started: Instant,
     /// Upstream CA bundles by path, read when a config is applied (never on the request path).
     cas: ArcSwap<BTreeMap<String, Arc<CaType>>>,
+    /// Requests being served now, for a graceful shutdown that ends when they are done.
+    inflight: AtomicUsize,
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
 }
 
 impl Shared {
     /// Shared state serving `valid` as generation 1.
-    pub fn new(valid: ValidConfig, env: Env) -> Arc<Shared> {
-        let runtime = Runtime::build(valid, None, 1, env.clock.now());
+    pub fn new(valid: ValidConfig, env: Env, source: ConfigSource) -> Result<Arc<Shared>, prometheus::Error> {
+        let now = env.clock.now();
+        let runtime = Runtime::build(valid, None, 1, now);
         let cas = ArcSwap::from_pointee(read_cas(&runtime));
-        Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), env, cas, change: Mutex::new(()) })
-    }
-
-    /// The CA bundle read from `path`, if the current config names it.
-    pub fn ca(&self, path: &str) -> Option<Arc<CaType>> {
-        self.cas.load().get(path).cloned()
+        Ok(Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            env,
+            metrics: Metrics::new()?,
+            source,
+            started: now,
+            cas,
+            inflight: AtomicUsize::new(0),
+            change: Mutex::new(()),
+        }))
     }
 
     /// The runtime new requests use.
@@ -67,15 +104,80 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// Swaps in a new validated config; returns the new generation. In-flight requests keep theirs.
-    pub fn apply(&self, valid: ValidConfig) -> u64 {
+    /// The CA bundle read from `path`, if the current config names it.
+    pub fn ca(&self, path: &str) -> Option<Arc<CaType>> {
+        self.cas.load().get(path).cloned()
+    }
+
+    /// Seconds since start-up.
+    pub fn uptime(&self) -> Duration {
+        self.env.clock.now().saturating_duration_since(self.started)
+    }
+
+    /// Changes the config: `edit` derives the next config from the current one; it is validated exactly as
+    /// a file is, checked for restart-only changes, and swapped in. Returns the new generation.
+    pub fn change<E>(&self, edit: impl FnOnce(&Config) -> Result<Config, E>) -> Result<u64, ChangeError<E>> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.runtime.load_full();
+        let next = edit(old.config()).map_err(ChangeError::Refused)?;
+        let restart = locci_core::config::restart_needed(old.config(), &next);
+        if !restart.is_empty() {
+            return Err(ChangeError::Invalid(ConfigErrors(restart)));
+        }
+        let valid = config_file::validate_parsed(next).map_err(ChangeError::Invalid)?;
+        Ok(self.swap(&old, valid))
+    }
+
+    /// Re-reads the config file (SIGHUP, `POST /api/v1/reload`); on any problem the old config stays, the
+    /// problems are logged at ERROR and counted, and returned.
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let result = match &self.source.path {
+            None => Err(ConfigErrors::one(locci_core::ConfigError::at("", "no config file to reload (demo mode)"))),
+            Some(path) => {
+                let parsed = config_file::read_file(path, &self.source.overrides);
+                self.change(|_| parsed).map_err(|e| match e {
+                    ChangeError::Refused(errors) | ChangeError::Invalid(errors) => errors,
+                })
+            }
+        };
+        self.metrics.reload(result.is_ok());
+        match &result {
+            Ok(generation) => tracing::info!(generation, "config reloaded"),
+            Err(errors) => {
+                for line in errors.lines() {
+                    tracing::error!(problem = %line, "config reload refused, old config kept");
+                }
+            }
+        }
+        result
+    }
+
+    fn swap(&self, old: &Runtime, valid: ValidConfig) -> u64 {
         let generation = old.generation() + 1;
-        let next = Runtime::build(valid, Some(&old), generation, self.env.clock.now());
+        let next = Runtime::build(valid, Some(old), generation, self.env.clock.now());
         self.cas.store(Arc::new(read_cas(&next)));
         self.runtime.store(Arc::new(next));
         generation
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// One request in flight; dropping it ends the count.
+pub struct RequestGuard(Arc<Shared>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -89,7 +191,7 @@ fn read_cas(runtime: &Runtime) -> BTreeMap<String, Arc<CaType>> {
     let mut cas = BTreeMap::new();
     for pool in runtime.pools() {
         if let Some(path) = &pool.spec().ca_path {
-            match crate::config_file::read_ca_bundle(path) {
+            match config_file::read_ca_bundle(path) {
                 Some(bundle) => {
                     cas.insert(path.clone(), Arc::new(bundle));
                 }

@@ -30,6 +30,11 @@ impl Overrides {
 
 /// Reads, interpolates, validates and checks a config file.
 pub fn load_file(path: &Path, overrides: &Overrides) -> Result<ValidConfig, ConfigErrors> {
+    validate_parsed(read_file(path, overrides)?)
+}
+
+/// Reads and interpolates a config file and applies the overrides, without validating.
+pub fn read_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
     let meta = std::fs::metadata(path)
         .map_err(|e| ConfigErrors::one(ConfigError::at("", format!("cannot read {}: {e}", path.display()))))?;
     if meta.len() > config::MAX_CONFIG_BYTES as u64 {
@@ -40,14 +45,24 @@ pub fn load_file(path: &Path, overrides: &Overrides) -> Result<ValidConfig, Conf
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::one(ConfigError::at("", format!("cannot read {}: {e}", path.display()))))?;
-    load_text(&text, overrides)
+    parse_text(&text, overrides)
 }
 
 /// Interpolates, validates and checks config text, with the process environment.
 pub fn load_text(text: &str, overrides: &Overrides) -> Result<ValidConfig, ConfigErrors> {
+    validate_parsed(parse_text(text, overrides)?)
+}
+
+fn parse_text(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
     let mut parsed = config::parse(text, &env)?;
     overrides.apply(&mut parsed);
+    Ok(parsed)
+}
+
+/// Validates a parsed config with the core's rules plus the TLS checks only OpenSSL can make: the one
+/// validation that the file, reloads and the control API all share.
+pub fn validate_parsed(parsed: Config) -> Result<ValidConfig, ConfigErrors> {
     let tls_problems = check_tls(&parsed);
     match config::validate(parsed) {
         Ok(valid) if tls_problems.is_empty() => Ok(valid),

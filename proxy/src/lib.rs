@@ -7,8 +7,10 @@
 
 pub mod app;
 pub mod config_file;
+pub mod control;
 pub mod demo;
 pub mod logging;
+pub mod observe;
 pub mod server;
 
-pub use app::{Env, Shared, build_app};
+pub use app::{ConfigSource, Env, Shared, build_app};

@@ -7,16 +7,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use locci_core::ValidConfig;
 use locci_core::config::Mode;
 use locci_proxy::config_file::{self, Overrides};
+use locci_proxy::control::ControlService;
 use locci_proxy::demo::{self, Backend};
 use locci_proxy::server::health::HealthDriver;
-use locci_proxy::{Env, Shared, build_app, logging};
-use pingora_core::server::Server;
+use locci_proxy::server::signals::Signals;
+use locci_proxy::{ConfigSource, Env, Shared, build_app, logging};
 use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
@@ -75,7 +78,10 @@ fn main() -> ExitCode {
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Check => check(&cli, &overrides),
         Command::Run => match config_file::load_file(&cli.config, &overrides) {
-            Ok(valid) => run(valid, cli.upgrade, Vec::new()),
+            Ok(valid) => {
+                let source = ConfigSource { path: Some(cli.config.clone()), overrides: overrides.clone() };
+                run(valid, source, cli.upgrade, Vec::new())
+            }
             Err(errors) => {
                 eprintln!("locci-proxy: invalid configuration {}:", cli.config.display());
                 for line in errors.lines() {
@@ -136,22 +142,43 @@ fn run_demo(overrides: &Overrides) -> ExitCode {
         "  curl -s -i -X OPTIONS http://{bind}/api/x -H 'Origin: http://localhost:3000' -H 'Access-Control-Request-Method: GET'"
     );
     println!("press Ctrl-C to stop");
-    run(valid, false, backends)
+    run(valid, ConfigSource::default(), false, backends)
 }
 
-fn run(valid: ValidConfig, upgrade: bool, keep_alive: Vec<Backend>) -> ExitCode {
+fn run(valid: ValidConfig, source: ConfigSource, upgrade: bool, keep_alive: Vec<Backend>) -> ExitCode {
     logging::init(&valid.config.logging);
     let bind = valid.config.server.bind_address.clone();
-    // Pingora aborts on a bind failure deep inside its start-up; check first to say it in one line.
-    if !upgrade && let Err(e) = std::net::TcpListener::bind(&bind) {
-        eprintln!("locci-proxy: cannot listen on {bind}: {e}");
-        return ExitCode::FAILURE;
+    let control = valid.config.control_api.clone();
+    let control_addr: Option<SocketAddr> = control.enabled.then(|| control.bind_address.parse().ok()).flatten();
+    // Pingora aborts on a bind failure deep inside its start-up; check first to say it in one line. A process
+    // taking over with --upgrade receives the proxy socket, and waits for the control port to be freed.
+    if !upgrade {
+        for addr in std::iter::once(bind.clone()).chain(control_addr.map(|a| a.to_string())) {
+            if let Err(e) = std::net::TcpListener::bind(&addr) {
+                eprintln!("locci-proxy: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if control.enabled && control.api_key.is_none() {
+        if control_addr.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::error!(addr = %control.bind_address, "control API has no api_key and is not on loopback: anyone who reaches it can change the proxy");
+        } else {
+            tracing::warn!(addr = %control.bind_address, "control API has no api_key (local development only)");
+        }
     }
     let conf = server_conf(&valid);
+    let grace = Duration::from_secs(valid.config.server.graceful_shutdown_timeout_secs);
     let tls = valid.config.server.tls.clone();
     let mut server = Server::new_with_opt_and_conf(Some(Opt { upgrade, ..Opt::default() }), conf);
     server.bootstrap();
-    let shared = Shared::new(valid, Env::production());
+    let shared = match Shared::new(valid, Env::production(), source) {
+        Ok(shared) => shared,
+        Err(e) => {
+            eprintln!("locci-proxy: cannot set up metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut proxy = Service::new("locci proxy".to_string(), build_app(Arc::clone(&shared), &server.configuration));
     match &tls {
         None => proxy.add_tcp(&bind),
@@ -171,22 +198,29 @@ fn run(valid: ValidConfig, upgrade: bool, keep_alive: Vec<Backend>) -> ExitCode 
     }
     server.add_service(proxy);
     server.add_service(background_service("health checks", HealthDriver::new(Arc::clone(&shared))));
+    if let Some(addr) = control_addr {
+        server.add_service(background_service("control api", ControlService::new(Arc::clone(&shared), addr, upgrade)));
+    }
     tracing::info!(bind = %bind, mode = shared.runtime().mode().short(), "locci-proxy started");
-    server.run(pingora_core::server::RunArgs::default());
+    server.run(RunArgs { shutdown_signal: Box::new(Signals::new(Arc::clone(&shared), grace)) });
     drop(keep_alive);
     ExitCode::SUCCESS
 }
 
 fn server_conf(valid: &ValidConfig) -> ServerConf {
     let s = &valid.config.server;
+    // The upgrade socket and pid file are named after the listen address, so an old and a new process of
+    // the same instance meet, and instances on other addresses do not.
+    let id: String = s.bind_address.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let tmp = std::env::temp_dir();
     ServerConf {
         threads: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         upstream_keepalive_pool_size: s.connection_pool.max_idle,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
-        pid_file: tmp.join(format!("locci-proxy-{}.pid", std::process::id())).display().to_string(),
-        upgrade_sock: tmp.join("locci-proxy-upgrade.sock").display().to_string(),
+        // Signals::exit_when_drained ends the process once requests are done; this is only the upper bound.
+        grace_period_seconds: Some(s.graceful_shutdown_timeout_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: tmp.join(format!("locci-proxy-{id}.pid")).display().to_string(),
+        upgrade_sock: tmp.join(format!("locci-proxy-{id}.upgrade.sock")).display().to_string(),
         ..ServerConf::default()
     }
 }

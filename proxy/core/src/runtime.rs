@@ -13,7 +13,7 @@ use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
 use crate::middleware::{self, Kind, Now, RateLimiter, Rejection, Step};
 use crate::request::RequestInfo;
-use crate::respond::{Failure, Reply};
+use crate::respond::Failure;
 use crate::route::{Route, RouteMatch, RouteTable};
 use crate::upstream::Pool;
 
@@ -38,6 +38,8 @@ pub enum Plan<'a> {
         failure: Failure,
         /// The middleware refusal, if that is why.
         rejection: Option<Rejection>,
+        /// Headers the middlewares add to the reply (CORS, rate limits) when a later step fails.
+        headers: Vec<(&'static str, String)>,
     },
     /// Forward it.
     Forward {
@@ -137,35 +139,23 @@ impl Runtime {
 
     /// Decides what happens to a request: route, middlewares, first server.
     pub fn plan<'a>(&'a self, req: &RequestInfo<'_>, now: Now, entropy: &dyn Entropy) -> Plan<'a> {
+        let respond = |route, failure, rejection, headers| Plan::Respond { route, failure, rejection, headers };
         let route = match self.find_route(req) {
             RouteMatch::Found(route) => route,
-            RouteMatch::NotFound => {
-                return Plan::Respond { route: None, failure: Failure::NoRoute, rejection: None };
-            }
+            RouteMatch::NotFound => return respond(None, Failure::NoRoute, None, Vec::new()),
             RouteMatch::MethodNotAllowed(allow) => {
-                return Plan::Respond { route: None, failure: Failure::MethodNotAllowed(allow), rejection: None };
+                return respond(None, Failure::MethodNotAllowed(allow), None, Vec::new());
             }
         };
         let outcome = middleware::run(route.steps(), req, now);
         if let Some(reply) = outcome.reply {
-            return Plan::Respond {
-                route: Some(route),
-                failure: Failure::Middleware(reply),
-                rejection: outcome.rejection,
-            };
+            return respond(Some(route), Failure::Middleware(reply), outcome.rejection, Vec::new());
         }
         match self.pools.get(route.group).and_then(|pool| pool.select(req, &[], entropy)) {
             Some(server) => {
                 Plan::Forward { route, group: route.group, server, response_headers: outcome.response_headers }
             }
-            None => Plan::Respond {
-                route: Some(route),
-                failure: Failure::Middleware(with_headers(
-                    Failure::NoHealthyUpstream.reply(),
-                    outcome.response_headers,
-                )),
-                rejection: None,
-            },
+            None => respond(Some(route), Failure::NoHealthyUpstream, None, outcome.response_headers),
         }
     }
 
@@ -190,11 +180,6 @@ impl Runtime {
             _ => None,
         })
     }
-}
-
-fn with_headers(mut reply: Reply, headers: Vec<(&'static str, String)>) -> Reply {
-    reply.headers.extend(headers);
-    reply
 }
 
 #[cfg(test)]

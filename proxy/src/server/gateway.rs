@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use locci_core::forwarding;
-use locci_core::middleware::Now;
+use locci_core::middleware::{Now, Rejection};
 use locci_core::respond::{Failure, Reply};
 use locci_core::upstream::{InFlight, Pool};
 use locci_core::{Plan, Runtime};
@@ -20,7 +20,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use super::headers::HeaderView;
 use super::health::log_transition;
 use super::transport::resolve;
-use crate::app::Shared;
+use crate::app::{RequestGuard, Shared};
+use crate::observe::NO_LABEL;
 
 /// Headers the proxy removes before forwarding; Pingora itself owns `connection`, `upgrade` and
 /// `transfer-encoding`, which frame the message.
@@ -51,10 +52,12 @@ impl Gateway {
         let uri = &header.uri;
         let req = headers.request(ctx.client_ip);
         match runtime.plan(&req, now, &*self.shared.env.entropy) {
-            Plan::Respond { route, failure, rejection: _ } => {
+            Plan::Respond { route, failure, rejection, headers } => {
                 ctx.route = route.map(|r| Arc::clone(&r.name));
-                let reply = failure.reply();
+                let mut reply = failure.reply();
+                reply.headers.extend(headers);
                 ctx.failure = Some(failure);
+                ctx.rejection = rejection;
                 Some(reply)
             }
             Plan::Forward { route, group, server, response_headers } => {
@@ -68,6 +71,26 @@ impl Gateway {
                 ctx.in_flight = runtime.pools().get(group).map(|pool| pool.begin(server));
                 None
             }
+        }
+    }
+}
+
+impl Gateway {
+    /// Feeds the request's outcome to the metrics: the one place they are counted.
+    fn record(&self, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+        let metrics = &self.shared.metrics;
+        let mode = ctx.runtime.as_ref().map_or(NO_LABEL, |r| r.mode().short());
+        let route = ctx.route.as_deref().unwrap_or(NO_LABEL);
+        let upstream = ctx.pool().map_or(NO_LABEL, |p| p.name());
+        if status != 0 {
+            metrics.request(mode, route, upstream, status, elapsed.as_secs_f64());
+        }
+        match (&ctx.rejection, &ctx.failure) {
+            (Some(Rejection::RateLimited), _) => metrics.rate_limited(route),
+            (Some(Rejection::Auth(reason)), _) => metrics.auth_rejected(route, reason.as_str()),
+            (Some(Rejection::Cors), _) => metrics.error(mode, "cors_rejected"),
+            (None, Some(failure)) => metrics.error(mode, failure.kind()),
+            (None, None) => {}
         }
     }
 }
@@ -88,6 +111,8 @@ pub struct RequestCtx {
     attempts: u32,
     response_headers: Vec<(&'static str, String)>,
     failure: Option<Failure>,
+    rejection: Option<Rejection>,
+    _serving: RequestGuard,
 }
 
 impl RequestCtx {
@@ -116,6 +141,8 @@ impl ProxyHttp for Gateway {
             attempts: 0,
             response_headers: Vec::new(),
             failure: None,
+            rejection: None,
+            _serving: self.shared.begin_request(),
         }
     }
 
@@ -305,6 +332,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| self.shared.env.clock.now().saturating_duration_since(s));
+        self.record(ctx, status, elapsed);
         let header = session.req_header();
         tracing::info!(
             target: "locci::request",

@@ -3,6 +3,7 @@
 pub mod gateway;
 mod headers;
 pub mod health;
+pub mod signals;
 pub mod transport;
 
 pub use headers::HeaderView;

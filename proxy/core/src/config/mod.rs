@@ -2,11 +2,13 @@
 //! [`ValidConfig`] that the runtime is built from). Unvalidated config never reaches the core.
 
 mod error;
+mod live;
 mod load;
 mod schema;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use live::{REDACTED, SECRET_KEYS, redacted_json, restart_needed};
 pub use load::{EnvLookup, MAX_CONFIG_BYTES, parse};
 pub use schema::*;
 pub use validate::{ValidConfig, validate};

@@ -103,27 +103,31 @@ pub fn validate(config: Config) -> Result<ValidConfig, ConfigErrors> {
                             Some(k) => kinds.push(k),
                         }
                     }
-                    match group_index(&route.upstream) {
-                        None => p.add(format!("{path}.upstream"), format!("unknown upstream {:?}", route.upstream)),
-                        Some(group) => specs.push(RouteSpec {
-                            name: name.clone(),
-                            pattern: route.path_pattern.clone(),
-                            methods,
-                            group,
-                            upstream: route.upstream.clone(),
-                            strip_prefix: route.strip_prefix,
-                            timeout: route.timeout_secs.map(Duration::from_secs),
-                            middlewares: kinds,
-                        }),
-                    }
+                    let group = group_index(&route.upstream).unwrap_or_else(|| {
+                        p.add(format!("{path}.upstream"), format!("unknown upstream {:?}", route.upstream));
+                        // Still compiled, so its pattern is checked too; the table is dropped with the error.
+                        usize::MAX
+                    });
+                    specs.push(RouteSpec {
+                        name: name.clone(),
+                        pattern: route.path_pattern.clone(),
+                        methods,
+                        group,
+                        upstream: route.upstream.clone(),
+                        strip_prefix: route.strip_prefix,
+                        timeout: route.timeout_secs.map(Duration::from_secs),
+                        middlewares: kinds,
+                    });
                 }
             }
         },
     }
     let routes = match RouteTable::compile(specs) {
         Ok(t) => Some(t),
-        Err((route, e)) => {
-            p.add(format!("api_gateway.routes.{route}.path_pattern"), format!("invalid regex: {e}"));
+        Err(errors) => {
+            for (route, e) in errors {
+                p.add(format!("api_gateway.routes.{route}.path_pattern"), format!("invalid regex: {e}"));
+            }
             None
         }
     };

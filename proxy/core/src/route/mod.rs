@@ -110,32 +110,35 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles the routes; the error names the route whose pattern does not compile.
-    pub fn compile(mut specs: Vec<RouteSpec>) -> Result<RouteTable, (String, regex::Error)> {
+    /// Compiles the routes; the error names every route whose pattern does not compile.
+    pub fn compile(mut specs: Vec<RouteSpec>) -> Result<RouteTable, Vec<(String, regex::Error)>> {
         // Stable sort keeps file order among patterns of the same length.
         specs.sort_by_key(|s| std::cmp::Reverse(s.pattern.len()));
         let mut routes = Vec::with_capacity(specs.len());
+        let mut errors = Vec::new();
         for spec in specs {
-            let pattern = regex::RegexBuilder::new(&spec.pattern)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| (spec.name.clone(), e))?;
-            routes.push(Route {
-                name: spec.name.into(),
-                group: spec.group,
-                upstream: spec.upstream.into(),
-                timeout: spec.timeout,
-                middlewares: spec.middlewares,
-                steps: Vec::new(),
-                pattern,
-                methods: spec.methods,
-                strip_prefix: spec.strip_prefix,
-            });
+            match regex::RegexBuilder::new(&spec.pattern).size_limit(REGEX_SIZE_LIMIT).build() {
+                Ok(pattern) => routes.push(Route {
+                    name: spec.name.into(),
+                    group: spec.group,
+                    upstream: spec.upstream.into(),
+                    timeout: spec.timeout,
+                    middlewares: spec.middlewares,
+                    steps: Vec::new(),
+                    pattern,
+                    methods: spec.methods,
+                    strip_prefix: spec.strip_prefix,
+                }),
+                Err(e) => errors.push((spec.name, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         let set = regex::RegexSetBuilder::new(routes.iter().map(|r| r.pattern.as_str()))
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
-            .map_err(|e| (String::from("(all routes)"), e))?;
+            .map_err(|e| vec![(String::from("(all routes)"), e)])?;
         Ok(RouteTable { routes, set })
     }
 

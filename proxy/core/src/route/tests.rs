@@ -69,6 +69,7 @@ fn without_strip_prefix_the_path_is_unchanged() {
 
 #[test]
 fn bad_regex_names_the_route() {
-    let err = RouteTable::compile(vec![spec("broken", "^/(", &[], false)]).unwrap_err();
-    assert_eq!(err.0, "broken");
+    let err = RouteTable::compile(vec![spec("broken", "^/(", &[], false), spec("also", "[", &[], false)]).unwrap_err();
+    let names: Vec<&str> = err.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, vec!["broken", "also"]);
 }

@@ -1,0 +1,108 @@
+//! The metrics of SPEC.md section 5. Label values come from the config (route and upstream names, server
+//! addresses), from status codes and from small fixed sets, never from raw request data, so a client cannot
+//! grow the number of series.
+
+use locci_core::Runtime;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The label value used when a request had no route or no upstream.
+pub const NO_LABEL: &str = "none";
+
+/// Request duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Every metric locci exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    health: IntGaugeVec,
+    active: IntGaugeVec,
+    errors: IntCounterVec,
+    ratelimit_rejected: IntCounterVec,
+    auth_rejected: IntCounterVec,
+    reloads: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let requests = counter("locci_requests_total", "Requests answered.", &["mode", "route", "upstream", "status"])?;
+        let errors =
+            counter("locci_errors_total", "Requests the proxy failed or refused itself.", &["mode", "error_type"])?;
+        let ratelimit_rejected =
+            counter("locci_ratelimit_rejected_total", "Requests refused by rate limits.", &["route"])?;
+        let auth_rejected =
+            counter("locci_auth_rejected_total", "Requests refused by authentication.", &["route", "reason"])?;
+        let reloads = counter("locci_config_reloads_total", "Config reloads by result.", &["result"])?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("locci_request_duration_seconds", "Request duration, from request to response end.")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["mode", "route", "upstream"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        let health = IntGaugeVec::new(
+            Opts::new("locci_upstream_health", "1 when the server receives traffic, 0 when it is down."),
+            &["upstream", "server"],
+        )?;
+        registry.register(Box::new(health.clone()))?;
+        let active =
+            IntGaugeVec::new(Opts::new("locci_active_connections", "Requests in flight to the group."), &["upstream"])?;
+        registry.register(Box::new(active.clone()))?;
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        Ok(Metrics { registry, requests, duration, health, active, errors, ratelimit_rejected, auth_rejected, reloads })
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn request(&self, mode: &str, route: &str, upstream: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.requests.with_label_values(&[mode, route, upstream, &status]).inc();
+        self.duration.with_label_values(&[mode, route, upstream]).observe(seconds);
+    }
+
+    /// Counts a failure the proxy answered itself (`error_type` from a fixed set).
+    pub fn error(&self, mode: &str, error_type: &str) {
+        self.errors.with_label_values(&[mode, error_type]).inc();
+    }
+
+    /// Counts a rate-limit refusal.
+    pub fn rate_limited(&self, route: &str) {
+        self.ratelimit_rejected.with_label_values(&[route]).inc();
+    }
+
+    /// Counts an authentication refusal.
+    pub fn auth_rejected(&self, route: &str, reason: &str) {
+        self.auth_rejected.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+    }
+
+    /// The exposition text, with health and in-flight gauges read from `runtime` at this moment (so the
+    /// gauges follow every change and servers that are gone disappear).
+    pub fn render(&self, runtime: &Runtime) -> String {
+        self.health.reset();
+        self.active.reset();
+        for pool in runtime.pools() {
+            for server in pool.servers() {
+                self.health.with_label_values(&[pool.name(), &server.addr.text]).set(i64::from(server.is_up()));
+            }
+            self.active.with_label_values(&[pool.name()]).set(i64::from(pool.inflight()));
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
