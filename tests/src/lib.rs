@@ -59,6 +59,8 @@ pub fn run_cli(args: &[&str], dir: &Path) -> Output {
 pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
+    /// The address `{CONTROL}` stood for in the config.
+    pub control: SocketAddr,
     pub dir: tempfile::TempDir,
 }
 
@@ -94,7 +96,7 @@ impl Proxy {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut proxy = Proxy { child, addr, dir };
+        let mut proxy = Proxy { child, addr, control, dir };
         let up = wait_until(WAIT, || {
             assert!(proxy.child.try_wait().unwrap().is_none(), "proxy exited:\n{}", proxy.logs());
             TcpStream::connect(addr).is_ok()
@@ -117,6 +119,55 @@ impl Proxy {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// `http://control{path}`.
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.control, path)
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `QUIT`, …) to the proxy.
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Rewrites the config file (with the same placeholders as `start`).
+    pub fn write_config(&self, yaml: &str) {
+        let yaml = yaml.replace("{BIND}", &self.addr.to_string()).replace("{CONTROL}", &self.control.to_string());
+        std::fs::write(self.dir.path().join("config.yaml"), yaml).unwrap();
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code when it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut code = None;
+        wait_until(limit, || match self.child.try_wait().unwrap() {
+            Some(status) => {
+                code = Some(status.code().unwrap_or(-1));
+                true
+            }
+            None => false,
+        });
+        code
+    }
+
+    /// Starts a second process with `--upgrade` on the same config, logging to `upgrade.log`.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("upgrade.log")).unwrap();
+        Command::new(binary())
+            .args(["--config", "config.yaml", "--upgrade"])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Sends signal `name` to process `pid` with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{name} {pid} failed");
 }
 
 impl Drop for Proxy {
