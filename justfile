@@ -57,3 +57,9 @@ tls-cert:
     openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 365 -subj /CN=localhost \
       -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout certs/server.key -out certs/server.crt 2>/dev/null
     @echo "wrote certs/server.crt and certs/server.key; set server.tls.cert_path/key_path to them"
+
+# Start Prometheus and Grafana (needs the prom/prometheus and grafana/grafana images) for a locci on this host.
+monitor:
+    printf '%s' "${LOCCI_API_KEY:-}" > monitoring/.api_key
+    docker compose -f monitoring/docker-compose.monitoring.yaml up -d
+    @echo "Grafana: http://127.0.0.1:3000 (admin/admin), Prometheus: http://127.0.0.1:9090"

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,8 @@ pub struct Shared {
     cas: ArcSwap<BTreeMap<String, Arc<CaType>>>,
     /// Requests being served now, for a graceful shutdown that ends when they are done.
     inflight: AtomicUsize,
+    /// Set once a shutdown or upgrade has begun: responses then close their connections.
+    draining: AtomicBool,
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
 }
@@ -95,6 +97,7 @@ impl Shared {
             started: now,
             cas,
             inflight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             change: Mutex::new(()),
         }))
     }
@@ -169,6 +172,18 @@ impl Shared {
     /// Requests in flight now.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Marks the process as going away: from now on every response closes its connection, so keep-alive
+    /// clients move to the new process (or reconnect) after a complete response instead of finding their
+    /// idle connection dropped under a request.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the process is going away.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 

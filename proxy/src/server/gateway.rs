@@ -155,6 +155,9 @@ impl ProxyHttp for Gateway {
         match reply {
             None => Ok(false),
             Some(reply) => {
+                if self.shared.draining() {
+                    session.set_keepalive(None);
+                }
                 write_reply(session, &reply, &ctx.request_id).await?;
                 Ok(true)
             }
@@ -261,10 +264,13 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.shared.draining() {
+            session.set_keepalive(None);
+        }
         for (name, value) in ctx.response_headers.drain(..) {
             response.append_header(name, value)?;
         }
@@ -313,6 +319,8 @@ impl ProxyHttp for Gateway {
                         server = ctx.last_server.as_deref().unwrap_or(""), error_type = failure.kind(),
                         error = %e, request_id = %ctx.request_id, "upstream failure");
                 }
+                // The connection is not reused after a failure: say so, so the client does not send on it.
+                session.set_keepalive(None);
                 if let Err(err) = write_reply(session, &reply, &ctx.request_id).await {
                     tracing::debug!(error = %err, "could not send error response");
                 }

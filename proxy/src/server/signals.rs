@@ -70,11 +70,13 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = term.recv() => {
                     tracing::info!(in_flight = self.shared.inflight(), "SIGTERM: draining");
+                    self.shared.start_draining();
                     self.exit_when_drained(Duration::from_millis(100));
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = quit.recv() => {
                     tracing::info!("SIGQUIT: handing the listeners to the new process");
+                    self.shared.start_draining();
                     self.exit_when_drained(UPGRADE_HANDOVER + Duration::from_millis(500));
                     return ShutdownSignal::GracefulUpgrade;
                 }
