@@ -131,7 +131,7 @@ fn run_demo(overrides: &Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("locci demo: gateway on http://{bind}, backends alpha/beta/gamma on {addrs:?}");
+    println!("locci demo: gateway on http://{bind}, control API on http://127.0.0.1:8485, backends alpha/beta/gamma on {addrs:?}");
     println!("try:");
     println!(
         "  curl -s http://{bind}/api/hello            # round robin over alpha, beta, gamma (prefix /api stripped)"
@@ -141,6 +141,8 @@ fn run_demo(overrides: &Overrides) -> ExitCode {
     println!(
         "  curl -s -i -X OPTIONS http://{bind}/api/x -H 'Origin: http://localhost:3000' -H 'Access-Control-Request-Method: GET'"
     );
+    println!("  curl -s http://127.0.0.1:8485/api/v1/status  # the control API (no key in the demo)");
+    println!("  curl -s http://127.0.0.1:8485/metrics");
     println!("press Ctrl-C to stop");
     run(valid, ConfigSource::default(), false, backends)
 }

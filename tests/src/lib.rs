@@ -130,10 +130,13 @@ impl Proxy {
         signal(self.pid(), name);
     }
 
-    /// Rewrites the config file (with the same placeholders as `start`).
+    /// Replaces the config file atomically (write then rename, as an operator's deploy would), with the
+    /// same placeholders as `start`.
     pub fn write_config(&self, yaml: &str) {
         let yaml = yaml.replace("{BIND}", &self.addr.to_string()).replace("{CONTROL}", &self.control.to_string());
-        std::fs::write(self.dir.path().join("config.yaml"), yaml).unwrap();
+        let tmp = self.dir.path().join("config.yaml.new");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, self.dir.path().join("config.yaml")).unwrap();
     }
 
     /// Waits up to `limit` for the process to exit; returns its exit code when it did.
@@ -184,7 +187,10 @@ pub fn client() -> reqwest::blocking::Client {
 
 /// The `server` field of a demo backend's JSON answer.
 pub fn served_by(resp: reqwest::blocking::Response) -> String {
-    let body: serde_json::Value = resp.json().unwrap();
+    let status = resp.status();
+    let text = resp.text().unwrap_or_else(|e| panic!("status {status}: body unreadable: {e}"));
+    let body: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: not JSON ({e}): {text:?}"));
     body["server"].as_str().unwrap_or("").to_string()
 }
 
