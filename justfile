@@ -49,7 +49,7 @@ bench:
     cargo bench -j {{jobs}} -p locci-benches
 
 # Everything CI runs.
-ci: lint test check-examples
+ci: lint test check-examples sim
 
 # Make a self-signed certificate for local TLS testing: certs/server.crt and certs/server.key (localhost, 127.0.0.1).
 tls-cert:
@@ -63,3 +63,27 @@ monitor:
     printf '%s' "${LOCCI_API_KEY:-}" > monitoring/.api_key
     docker compose -f monitoring/docker-compose.monitoring.yaml up -d
     @echo "Grafana: http://127.0.0.1:3000 (admin/admin), Prometheus: http://127.0.0.1:9090"
+
+# The simulator binary: optimised with debug assertions, --cfg tokio_unstable (seeds tokio's select!), own target dir.
+sim_target := env_var_or_default("CARGO_TARGET_DIR", "target") + "/sim"
+sim_bin := sim_target + "/sim/locci-sim"
+
+# Build the simulator.
+sim-build:
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR={{sim_target}} cargo build -q -j {{jobs}} --profile sim -p locci-sim
+
+# Every scenario over seeds 1..=8, the swarm scenario over 8 swarm seeds, the kept regressions, and a determinism check.
+sim seeds="8": sim-build
+    {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
+    {{sim_bin}} sweep scenarios/swarm-mixed.yaml --swarm --seeds {{seeds}} --jobs {{jobs}}
+    {{sim_bin}} check scenarios/one-of-three-dies.yaml --seed 7
+    {{sim_bin}} check scenarios/swarm-mixed.yaml --seed 3 --swarm
+
+# Run one scenario: just sim-one scenarios/partition.yaml 42
+sim-one scenario seed="1": sim-build
+    {{sim_bin}} run {{scenario}} --seed {{seed}} --plot target/sim-{{seed}}.svg
+
+# Many seeds, swarm mode (nightly): just sim-nightly 500
+sim-nightly seeds="200": sim-build
+    {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
+    {{sim_bin}} sweep scenarios/swarm-mixed.yaml --swarm --seeds {{seeds}} --jobs {{jobs}}

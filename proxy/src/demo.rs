@@ -21,11 +21,15 @@ use tokio::sync::oneshot;
 /// Longest delay `/slow` accepts.
 pub const MAX_SLOW_MS: u64 = 60_000;
 
+/// Most received requests a backend remembers (for tests that compare against the simulator).
+pub const MAX_RECEIVED: usize = 100_000;
+
 #[derive(Debug)]
 struct BackendState {
     name: String,
     healthy: AtomicBool,
     requests: AtomicU64,
+    received: std::sync::Mutex<Vec<(tokio::time::Instant, Option<u64>)>>,
 }
 
 /// A running demo backend; it stops when dropped.
@@ -44,8 +48,12 @@ impl Backend {
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let state =
-            Arc::new(BackendState { name: name.into(), healthy: AtomicBool::new(true), requests: AtomicU64::new(0) });
+        let state = Arc::new(BackendState {
+            name: name.into(),
+            healthy: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+            received: std::sync::Mutex::new(Vec::new()),
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -76,6 +84,11 @@ impl Backend {
         self.state.requests.load(Ordering::Relaxed)
     }
 
+    /// When each request arrived, with its `x-sim-id` header when it had one (at most [`MAX_RECEIVED`]).
+    pub fn received(&self) -> Vec<(tokio::time::Instant, Option<u64>)> {
+        self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     /// The backend's name.
     pub fn name(&self) -> &str {
         &self.state.name
@@ -103,6 +116,12 @@ async fn health(State(state): State<Arc<BackendState>>) -> StatusCode {
 
 async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut received) = state.received.lock()
+        && received.len() < MAX_RECEIVED
+    {
+        let id = req.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        received.push((tokio::time::Instant::now(), id));
+    }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);

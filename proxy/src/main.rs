@@ -131,7 +131,9 @@ fn run_demo(overrides: &Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("locci demo: gateway on http://{bind}, control API on http://127.0.0.1:8485, backends alpha/beta/gamma on {addrs:?}");
+    println!(
+        "locci demo: gateway on http://{bind}, control API on http://127.0.0.1:8485, backends alpha/beta/gamma on {addrs:?}"
+    );
     println!("try:");
     println!(
         "  curl -s http://{bind}/api/hello            # round robin over alpha, beta, gamma (prefix /api stripped)"

@@ -216,7 +216,7 @@ impl ProxyHttp for Gateway {
             peer.options.total_connection_timeout = Some(connect);
             peer.options.read_timeout = Some(ctx.read_timeout);
             peer.options.write_timeout = Some(ctx.read_timeout);
-            peer.options.idle_timeout = Some(runtime.idle_timeout());
+            peer.options.idle_timeout = self.shared.env.transport.idle_timeout(runtime.idle_timeout());
             peer.options.custom_l4 = self.shared.env.transport.custom_l4();
             if let Some(path) = &spec.ca_path {
                 peer.options.ca = self.shared.ca(path);

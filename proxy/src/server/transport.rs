@@ -15,6 +15,11 @@ use tokio::net::TcpStream;
 pub trait UpstreamTransport: Send + Sync + 'static {
     /// `None`: Pingora's own TCP/TLS connector. `Some`: a custom L4 connector (the simulator's).
     fn custom_l4(&self) -> Option<Arc<dyn L4Connect + Send + Sync>>;
+
+    /// The idle timeout for pooled upstream connections, given the configured one.
+    fn idle_timeout(&self, configured: Duration) -> Option<Duration> {
+        Some(configured)
+    }
 }
 
 /// Pingora's native connector.

@@ -1,0 +1,245 @@
+//! The simulated hosts: upstream HTTP servers with programmable behaviour, the proxy (the real
+//! `build_app()` over simulated sockets, time and randomness), and the client that plays the load.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locci_core::clock::{SeededEntropy, TokioClock};
+use locci_proxy::config_file::{self, Overrides};
+use locci_proxy::server::health::HealthDriver;
+use locci_proxy::{ConfigSource, Env, Shared, build_app};
+use pingora_core::apps::ServerApp;
+use pingora_core::server::configuration::ServerConf;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use turmoil::net::{TcpListener, TcpStream};
+
+use crate::net::{SimProber, SimSock, SimTransport};
+use crate::trace::{Event, Trace, now_us, us};
+
+/// The port the proxy listens on inside the simulation.
+pub const PROXY_PORT: u16 = 8484;
+/// Largest request head an upstream host reads.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What an upstream host does now; the driver changes it between steps.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// Service time range.
+    pub latency: (Duration, Duration),
+    /// Status answered (200 normally).
+    pub status: u16,
+    /// Accept but never answer.
+    pub hang: bool,
+}
+
+/// A behaviour shared between the driver and the host (one thread: Rc + RefCell).
+pub type Live<T> = Rc<RefCell<T>>;
+
+/// One upstream host: a minimal HTTP/1.1 server (one request per connection) that records what it
+/// receives, answers `/health`, and follows its behaviour.
+pub async fn upstream(name: String, port: u16, behaviour: Live<Behaviour>, trace: Trace, seed: u64) -> turmoil::Result {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    let rng = Rc::new(RefCell::new(ChaCha8Rng::seed_from_u64(seed)));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (name, behaviour, trace, rng) = (name.clone(), Rc::clone(&behaviour), trace.clone(), Rc::clone(&rng));
+        tokio::task::spawn_local(async move {
+            let _ = serve_one(stream, &name, &behaviour, &trace, &rng).await;
+        });
+    }
+}
+
+async fn serve_one(
+    mut stream: TcpStream,
+    name: &str,
+    behaviour: &Live<Behaviour>,
+    trace: &Trace,
+    rng: &RefCell<ChaCha8Rng>,
+) -> std::io::Result<()> {
+    let head = read_head(&mut stream).await?;
+    let (path, id) = parse_request(&head);
+    let health = path == "/health";
+    let b = behaviour.borrow().clone();
+    if b.hang {
+        std::future::pending::<()>().await;
+    }
+    if !health {
+        trace.push(Event::Received { t_us: now_us(), host: name.to_string(), id: id.unwrap_or(u64::MAX) });
+        let (lo, hi) = b.latency;
+        let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
+        tokio::time::sleep(wait).await;
+    }
+    let status = if health && b.status < 500 { 200 } else { b.status };
+    let body = format!("{{\"server\":\"{name}\"}}");
+    let response = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+/// The path and the `x-sim-id` header of a request head.
+fn parse_request(head: &[u8]) -> (String, Option<u64>) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let path = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/").to_string();
+    let id = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-sim-id"))
+        .and_then(|(_, v)| v.trim().parse().ok());
+    (path, id)
+}
+
+/// Commands from the driver to the proxy host.
+#[derive(Debug)]
+pub enum Command {
+    /// Write this config text to the config file and reload (the SIGHUP path).
+    Reload(String),
+}
+
+/// Everything the proxy host needs.
+pub struct ProxyHost {
+    /// Config text with host names already replaced by addresses.
+    pub config: String,
+    /// Where the config file lives (reloads read it, as SIGHUP does).
+    pub config_path: PathBuf,
+    /// Seed for the proxy's random source.
+    pub seed: u64,
+    /// The simulated world's wall-clock epoch.
+    pub epoch: Duration,
+    /// Commands from the driver.
+    pub commands: Rc<RefCell<Option<mpsc::UnboundedReceiver<Command>>>>,
+    /// Where the host publishes its shared state for the driver to observe.
+    pub shared: Rc<RefCell<Option<Arc<Shared>>>>,
+    /// The trace.
+    pub trace: Trace,
+}
+
+/// Runs the proxy: the production `build_app()` fed by a turmoil accept loop, the production health
+/// driver, and reloads through `Shared::reload`, exactly as SIGHUP does.
+pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
+    std::fs::write(&host.config_path, &host.config)?;
+    let valid = config_file::load_file(&host.config_path, &Overrides::default()).map_err(|e| e.to_string())?;
+    let env = Env {
+        clock: Arc::new(TokioClock::with_epoch(host.epoch)),
+        entropy: Arc::new(SeededEntropy::new(host.seed)),
+        transport: Arc::new(SimTransport),
+        prober: Arc::new(SimProber),
+    };
+    let source = ConfigSource { path: Some(host.config_path.clone()), overrides: Overrides::default() };
+    let shared = Shared::new(valid, env, source).map_err(|e| e.to_string())?;
+    *host.shared.borrow_mut() = Some(Arc::clone(&shared));
+    let app = Arc::new(build_app(Arc::clone(&shared), &Arc::new(ServerConf::default())));
+    let health = HealthDriver::new(Arc::clone(&shared));
+    tokio::task::spawn_local(async move { health.run(None).await });
+    if let Some(mut commands) = host.commands.borrow_mut().take() {
+        let (shared, trace, path) = (Arc::clone(&shared), host.trace.clone(), host.config_path.clone());
+        tokio::task::spawn_local(async move {
+            while let Some(Command::Reload(text)) = commands.recv().await {
+                let result = std::fs::write(&path, text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| shared.reload().map_err(|e| e.lines().join("; ")));
+                let (generation, error) = match result {
+                    Ok(g) => (Some(g), None),
+                    Err(e) => (None, Some(e)),
+                };
+                trace.push(Event::Reload { t_us: now_us(), generation, error });
+            }
+        });
+    }
+    let (_keep_open, shutdown) = tokio::sync::watch::channel(false);
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PROXY_PORT))).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
+        tokio::task::spawn_local(async move {
+            app.process_new(Box::new(SimSock(stream).into_stream()), &shutdown).await;
+        });
+    }
+}
+
+/// One request the client will send.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// When, from the start of the run.
+    pub at: Duration,
+    /// Its id (carried in `x-sim-id`).
+    pub id: u64,
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Key header and value.
+    pub key: Option<(String, String)>,
+}
+
+/// Plays the planned requests (open loop: each at its time, whatever the others are doing).
+pub async fn client(plan: Vec<Planned>, timeout: Duration, trace: Trace) -> turmoil::Result {
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for req in plan {
+        tokio::time::sleep_until(start + req.at).await;
+        let trace = trace.clone();
+        tasks.spawn_local(async move { send(req, timeout, &trace).await });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn send(req: Planned, timeout: Duration, trace: &Trace) {
+    let sent = tokio::time::Instant::now();
+    trace.push(Event::Issued {
+        t_us: now_us(),
+        id: req.id,
+        path: req.path.clone(),
+        key: req.key.as_ref().map(|(_, v)| v.clone()),
+    });
+    let result = tokio::time::timeout(timeout, exchange(&req)).await;
+    let latency_us = us(sent.elapsed());
+    let event = match result {
+        Ok(Ok(status)) => Event::Answered { t_us: now_us(), id: req.id, status, latency_us },
+        Ok(Err(e)) => Event::Failed { t_us: now_us(), id: req.id, kind: format!("{:?}", e.kind()), latency_us },
+        Err(_) => Event::Failed { t_us: now_us(), id: req.id, kind: "client_timeout".into(), latency_us },
+    };
+    trace.push(event);
+}
+
+async fn exchange(req: &Planned) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
+    let key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}Connection: close\r\n\r\n",
+        req.method, req.path, req.id
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let line = response.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
+}

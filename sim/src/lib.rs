@@ -1,0 +1,12 @@
+//! locci-sim: the real locci proxy — the same `build_app()`, `ProxyHttp` impl and core — run in a turmoil
+//! world where sockets, time and randomness are simulated, under a scripted load and fault timeline, with
+//! invariants checked over a canonical trace. Same scenario + seed => same trace hash.
+
+pub mod hosts;
+pub mod net;
+pub mod oracle;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod trace;
+pub mod world;

@@ -1,0 +1,351 @@
+//! `locci-sim`: run simulated scenarios against the real proxy.
+//!
+//! `locci-sim run SCENARIO [--seed N] [--trace FILE] [--plot FILE.svg] [--swarm]` runs one; `locci-sim
+//! sweep [SCENARIO...] --seeds N` runs many seeds in parallel processes; `locci-sim check SCENARIO --seed N`
+//! runs one seed twice in separate processes and compares the trace hashes; `locci-sim explain SCENARIO`
+//! prints the expanded timeline. Exit codes: 0 pass, 1 invariant violated, 2 non-determinism, 3 bad
+//! scenario, 4 the simulation itself failed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand};
+use locci_sim::scenario::Scenario;
+use locci_sim::{oracle, plot, report, trace, world};
+
+const VIOLATION: u8 = 1;
+const NONDETERMINISM: u8 = 2;
+const BAD_SCENARIO: u8 = 3;
+const SIM_ERROR: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "locci-sim", version, about = "Deterministic simulation of the locci proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario with one seed.
+    Run {
+        /// Scenario file.
+        scenario: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Draw fault families and intensities from the seed, then heal and demand convergence.
+        #[arg(long)]
+        swarm: bool,
+        /// Write the trace as JSON lines.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Write an SVG timeline.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Print only the result line.
+        #[arg(long)]
+        quiet: bool,
+        /// Proxy and simulator logs to stderr (e.g. info, debug).
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Run scenarios over many seeds, in parallel processes.
+    Sweep {
+        /// Scenario files (default: every scenario in scenarios/ plus scenarios/regressions.yaml).
+        scenarios: Vec<PathBuf>,
+        /// Seeds per scenario.
+        #[arg(long, default_value_t = 32)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Parallel processes (default: cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Swarm mode for every run.
+        #[arg(long)]
+        swarm: bool,
+    },
+    /// Run one seed twice in separate processes; fail when the trace hashes differ.
+    Check {
+        /// Scenario file.
+        scenario: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Swarm mode.
+        #[arg(long)]
+        swarm: bool,
+    },
+    /// Print the expanded timeline, the load plan size and the swarm draws.
+    Explain {
+        /// Scenario file.
+        scenario: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Swarm mode.
+        #[arg(long)]
+        swarm: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Run { scenario, seed, swarm, trace, plot, quiet, log } => {
+            run(&scenario, seed, swarm, trace.as_deref(), plot.as_deref(), quiet, log)
+        }
+        Cmd::Sweep { scenarios, seeds, from, jobs, swarm } => sweep(scenarios, from, seeds, jobs, swarm),
+        Cmd::Check { scenario, seed, swarm } => check(&scenario, seed, swarm),
+        Cmd::Explain { scenario, seed, swarm } => explain(&scenario, seed, swarm),
+    }
+}
+
+fn load(path: &Path) -> Result<Scenario, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("locci-sim: cannot read {}: {e}", path.display());
+        ExitCode::from(BAD_SCENARIO)
+    })?;
+    Scenario::parse(&text).map_err(|problems| {
+        eprintln!("locci-sim: bad scenario {}:", path.display());
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        ExitCode::from(BAD_SCENARIO)
+    })
+}
+
+fn run(
+    path: &Path,
+    seed: u64,
+    swarm: bool,
+    trace_file: Option<&Path>,
+    plot_file: Option<&Path>,
+    quiet: bool,
+    log: Option<String>,
+) -> ExitCode {
+    if let Some(level) = log {
+        let _ = tracing_subscriber_init(&level);
+    }
+    let scenario = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = match world::run(&scenario, seed, swarm) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            println!("RESULT error seed={seed}");
+            return ExitCode::from(SIM_ERROR);
+        }
+    };
+    let hash = trace::hash(&result.events);
+    let verdicts = oracle::check(&scenario, &result.events, result.end, swarm);
+    if let Some(file) = trace_file
+        && let Err(e) = std::fs::write(file, trace::jsonl(&result.events))
+    {
+        eprintln!("locci-sim: cannot write {}: {e}", file.display());
+    }
+    if let Some(file) = plot_file
+        && let Err(e) = std::fs::write(file, plot::svg(&scenario.name, seed, &result))
+    {
+        eprintln!("locci-sim: cannot write {}: {e}", file.display());
+    }
+    if !quiet {
+        print!("{}", report::summary(&scenario.name, seed, &result, &verdicts, hash));
+    }
+    let failed: Vec<&oracle::Verdict> = verdicts.iter().filter(|v| !v.ok).collect();
+    let first = failed.iter().filter_map(|v| v.first_violation_us).min();
+    let names: Vec<&str> = failed.iter().map(|v| v.name.as_str()).collect();
+    println!(
+        "RESULT {} hash={hash:016x} seed={seed} invariants={} first_violation={}",
+        if failed.is_empty() { "ok" } else { "fail" },
+        if names.is_empty() { "-".to_string() } else { names.join(",") },
+        first.map_or("-".to_string(), oracle::fmt_us)
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if !quiet {
+            println!("replay: {}", replay(path, seed, swarm));
+        }
+        ExitCode::from(VIOLATION)
+    }
+}
+
+fn tracing_subscriber_init(level: &str) -> Result<(), String> {
+    let _ = level;
+    // The proxy's own logging set-up, so the simulated proxy logs exactly as the real one does.
+    locci_proxy::logging::init(&locci_core::config::LoggingConfig { level: level.into(), ..Default::default() });
+    Ok(())
+}
+
+fn replay(path: &Path, seed: u64, swarm: bool) -> String {
+    format!("locci-sim run {} --seed {seed}{}", path.display(), if swarm { " --swarm" } else { "" })
+}
+
+/// One child run: its exit code and result line.
+struct Outcome {
+    code: i32,
+    line: String,
+}
+
+fn child(path: &Path, seed: u64, swarm: bool) -> Outcome {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("locci-sim"));
+    let mut cmd = Process::new(exe);
+    cmd.arg("run").arg(path).arg("--seed").arg(seed.to_string()).arg("--quiet");
+    if swarm {
+        cmd.arg("--swarm");
+    }
+    match cmd.output() {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().rev().find(|l| l.starts_with("RESULT")).unwrap_or("RESULT error").to_string();
+            let line = if out.status.code() == Some(i32::from(BAD_SCENARIO)) {
+                format!("{line} {}", String::from_utf8_lossy(&out.stderr).trim())
+            } else {
+                line
+            };
+            Outcome { code: out.status.code().unwrap_or(-1), line }
+        }
+        Err(e) => Outcome { code: -1, line: format!("RESULT error cannot start: {e}") },
+    }
+}
+
+fn hash_of(line: &str) -> Option<&str> {
+    line.split(' ').find_map(|w| w.strip_prefix("hash="))
+}
+
+fn check(path: &Path, seed: u64, swarm: bool) -> ExitCode {
+    if let Err(code) = load(path) {
+        return code;
+    }
+    let (a, b) = (child(path, seed, swarm), child(path, seed, swarm));
+    println!("first:  {}", a.line);
+    println!("second: {}", b.line);
+    match (hash_of(&a.line), hash_of(&b.line)) {
+        (Some(x), Some(y)) if x == y => {
+            println!("deterministic: the same trace hash {x} twice");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            println!("NON-DETERMINISTIC: {}", replay(path, seed, swarm));
+            ExitCode::from(NONDETERMINISM)
+        }
+    }
+}
+
+/// Scenario files, and the (scenario, seed, swarm) runs kept in scenarios/regressions.yaml.
+fn default_runs(from: u64, seeds: u64, swarm: bool) -> Vec<(PathBuf, u64, bool)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("scenarios")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("regressions.yaml"));
+    files.sort();
+    let mut runs: Vec<(PathBuf, u64, bool)> =
+        files.iter().flat_map(|f| (from..from + seeds).map(move |s| (f.clone(), s, swarm))).collect();
+    runs.extend(regressions(Path::new("scenarios/regressions.yaml")));
+    runs
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Regression {
+    scenario: PathBuf,
+    seed: u64,
+    #[serde(default)]
+    swarm: bool,
+    #[allow(dead_code)]
+    #[serde(default)]
+    note: String,
+}
+
+fn regressions(path: &Path) -> Vec<(PathBuf, u64, bool)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    match serde_yaml_ng::from_str::<Option<Vec<Regression>>>(&text) {
+        Ok(list) => list.unwrap_or_default().into_iter().map(|r| (r.scenario, r.seed, r.swarm)).collect(),
+        Err(e) => {
+            eprintln!("locci-sim: ignoring {}: {e}", path.display());
+            Vec::new()
+        }
+    }
+}
+
+fn sweep(scenarios: Vec<PathBuf>, from: u64, seeds: u64, jobs: Option<usize>, swarm: bool) -> ExitCode {
+    let runs: Vec<(PathBuf, u64, bool)> = if scenarios.is_empty() {
+        default_runs(from, seeds, swarm)
+    } else {
+        scenarios.iter().flat_map(|f| (from..from + seeds).map(move |s| (f.clone(), s, swarm))).collect()
+    };
+    for path in runs.iter().map(|(p, _, _)| p).collect::<std::collections::BTreeSet<_>>() {
+        if let Err(code) = load(path) {
+            return code;
+        }
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let bar = indicatif::ProgressBar::new(runs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs  {elapsed} elapsed  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let next = AtomicUsize::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let runs = Arc::new(runs);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((path, seed, swarm)) = runs.get(i) else { break };
+                    let out = child(path, *seed, *swarm);
+                    if out.code != 0 {
+                        let msg = format!(
+                            "FAILED scenario={} seed={seed} {}\n  replay: {}",
+                            path.display(),
+                            out.line.trim_start_matches("RESULT "),
+                            replay(path, *seed, *swarm)
+                        );
+                        // Printed whether or not a terminal shows the bar (CI logs must have it).
+                        bar.suspend(|| println!("{msg}"));
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                    }
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_default();
+    bar.finish_with_message(format!("{} failed", failures.len()));
+    println!("{} runs, {} failed", runs.len(), failures.len());
+    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(VIOLATION) }
+}
+
+fn explain(path: &Path, seed: u64, swarm: bool) -> ExitCode {
+    let scenario = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let expanded = world::expand(&scenario, seed, swarm);
+    let plan = world::plan(&scenario, &expanded, seed);
+    println!("scenario {} (seed {seed}{})", scenario.name, if swarm { ", swarm" } else { "" });
+    println!("hosts: {}", scenario.hosts().join(", "));
+    println!("load: {} requests planned over {}", plan.len(), humantime::format_duration(scenario.sim.duration));
+    for knob in &expanded.knobs {
+        println!("swarm: {knob}");
+    }
+    println!("timeline:");
+    for (t, action) in &expanded.actions {
+        println!("  {:>10}  {action:?}", humantime::format_duration(*t).to_string());
+    }
+    for (h, k, p, rate, a, b) in &expanded.storms {
+        println!(
+            "  storm {k} ({h}) on {p} at {rate}/s from {} to {}",
+            humantime::format_duration(*a),
+            humantime::format_duration(*b)
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,114 @@
+//! The network seams of the proxy, over turmoil's simulated TCP: the downstream socket Pingora reads
+//! (`SimSock` in a `VirtualSocketStream`), the upstream connector (`custom_l4`) and the health prober.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use locci_proxy::server::transport::{Prober, UpstreamTransport, http_probe};
+use pingora_core::connectors::L4Connect;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora_error::{Error, ErrorType, OrErr, Result};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use turmoil::net::TcpStream;
+
+/// A turmoil TCP stream as a Pingora virtual socket.
+#[derive(Debug)]
+pub struct SimSock(pub TcpStream);
+
+impl SimSock {
+    /// Wraps a stream into the Pingora stream type.
+    pub fn into_stream(self) -> Stream {
+        Stream::from(VirtualSocketStream::new(Box::new(self)))
+    }
+}
+
+impl VirtualSocket for SimSock {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsyncRead for SimSock {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimSock {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Connects upstream through turmoil. Pingora applies `total_connection_timeout` around it.
+#[derive(Debug)]
+pub struct SimConnect;
+
+#[async_trait]
+impl L4Connect for SimConnect {
+    async fn connect(&self, addr: &SocketAddr) -> Result<Stream> {
+        let Some(inet) = addr.as_inet() else {
+            return Err(Error::explain(ErrorType::ConnectError, "the simulator only connects to IP addresses"));
+        };
+        match TcpStream::connect(*inet).await {
+            Ok(stream) => Ok(SimSock(stream).into_stream()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(e).or_err(ErrorType::ConnectRefused, "simulated connect refused")
+            }
+            Err(e) => Err(e).or_err(ErrorType::ConnectError, "simulated connect failed"),
+        }
+    }
+}
+
+/// The simulator's transport: every upstream connection goes through [`SimConnect`].
+#[derive(Debug, Clone, Copy)]
+pub struct SimTransport;
+
+impl UpstreamTransport for SimTransport {
+    fn custom_l4(&self) -> Option<Arc<dyn L4Connect + Send + Sync>> {
+        Some(Arc::new(SimConnect))
+    }
+
+    fn idle_timeout(&self, _configured: Duration) -> Option<Duration> {
+        // Pingora's pool idle timer runs on a real thread, and virtual streams are never reused anyway
+        // (pingora#883): no idle timeout in the simulator.
+        None
+    }
+}
+
+/// Health checks over turmoil.
+#[derive(Debug, Clone, Copy)]
+pub struct SimProber;
+
+#[async_trait]
+impl Prober for SimProber {
+    async fn tcp(&self, addr: &str, timeout: Duration) -> io::Result<()> {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| io::Error::other("not an IP address"))?;
+        tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+        Ok(())
+    }
+
+    async fn http(&self, addr: &str, host: &str, path: &str, timeout: Duration) -> io::Result<u16> {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| io::Error::other("not an IP address"))?;
+        tokio::time::timeout(timeout, async {
+            let mut stream = TcpStream::connect(addr).await?;
+            http_probe(&mut stream, host, path).await
+        })
+        .await
+        .map_err(|_| io::ErrorKind::TimedOut)?
+    }
+}

@@ -1,0 +1,626 @@
+//! The scenario file: simulation settings, the proxy config, upstreams, load, a fault timeline, swarm
+//! settings and invariants. Parsed with the same YAML library as the proxy config, unknown keys rejected,
+//! and checked so a bad scenario is refused with a message that names the field.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A parsed, checked scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (used in reports and replay commands).
+    pub name: String,
+    /// What the scenario shows.
+    #[serde(default)]
+    pub description: String,
+    /// Simulation settings.
+    #[serde(default)]
+    pub sim: SimSettings,
+    /// The proxy: an ordinary locci config; `${name}` stands for an upstream host's address.
+    pub proxy: ProxySettings,
+    /// Simulated upstream hosts.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// The load.
+    pub load: LoadSpec,
+    /// Faults, at absolute simulated times.
+    #[serde(default, deserialize_with = "serde_yaml_ng::with::singleton_map_recursive::deserialize")]
+    pub timeline: Vec<Event>,
+    /// Swarm settings (used with `--swarm`).
+    #[serde(default)]
+    pub swarm: SwarmSpec,
+    /// What must hold. (Written as one-key maps, `- availability: {...}`, hence singleton_map.)
+    #[serde(default, deserialize_with = "serde_yaml_ng::with::singleton_map_recursive::deserialize")]
+    pub invariants: Vec<Invariant>,
+}
+
+/// Simulation settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSettings {
+    /// Simulated run length (load stops here; in-flight requests get their client timeout).
+    #[serde(deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Turmoil tick: part of the scenario's identity (the trace changes with it).
+    #[serde(deserialize_with = "duration")]
+    pub tick: Duration,
+    /// Wall-clock epoch of the simulated world, seconds since 1970.
+    pub epoch_unix_secs: u64,
+    /// Network latency range between hosts.
+    pub link_latency: LatencyRange,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            duration: Duration::from_secs(60),
+            tick: Duration::from_millis(1),
+            epoch_unix_secs: 1_767_225_600,
+            link_latency: LatencyRange { min: Duration::from_millis(1), max: Duration::from_millis(5) },
+        }
+    }
+}
+
+/// A latency range.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyRange {
+    /// Lowest.
+    #[serde(deserialize_with = "duration")]
+    pub min: Duration,
+    /// Highest.
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+/// The proxy under test.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// The locci config, inline YAML.
+    pub config: String,
+}
+
+/// A group of simulated upstream hosts named `name0`, `name1`, … (or `name` when there is one replica).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Base name.
+    pub name: String,
+    /// How many hosts.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Port they listen on.
+    #[serde(default = "port")]
+    pub port: u16,
+    /// Service time per request.
+    #[serde(default = "default_latency")]
+    pub latency: LatencyRange,
+}
+
+fn one() -> usize {
+    1
+}
+fn port() -> u16 {
+    80
+}
+fn default_latency() -> LatencyRange {
+    LatencyRange { min: Duration::from_millis(2), max: Duration::from_millis(10) }
+}
+
+impl UpstreamSpec {
+    /// The host names.
+    pub fn hosts(&self) -> Vec<String> {
+        if self.replicas == 1 {
+            vec![self.name.clone()]
+        } else {
+            (0..self.replicas).map(|i| format!("{}{i}", self.name)).collect()
+        }
+    }
+}
+
+/// The load profile: an open-loop arrival rate over a weighted request mix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSpec {
+    /// Requests per second.
+    pub rate: f64,
+    /// `uniform` spacing or `poisson` arrivals (drawn from the seed).
+    #[serde(default)]
+    pub arrival: Arrival,
+    /// Client-side timeout.
+    #[serde(default = "client_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// When the load starts.
+    #[serde(default, deserialize_with = "duration")]
+    pub start: Duration,
+    /// The request mix.
+    pub requests: Vec<RequestSpec>,
+}
+
+fn client_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// How arrivals are spaced.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly.
+    #[default]
+    Uniform,
+    /// Exponential gaps.
+    Poisson,
+}
+
+/// One kind of request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Relative weight in the mix.
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+    /// Method.
+    #[serde(default = "get")]
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Header that carries a key (`key-0` … `key-{keys-1}`, drawn per request).
+    #[serde(default)]
+    pub key_header: Option<String>,
+    /// How many distinct keys.
+    #[serde(default = "one_u32")]
+    pub keys: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+fn get() -> String {
+    "GET".into()
+}
+
+/// A fault at a simulated time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// When.
+    #[serde(deserialize_with = "duration")]
+    pub at: Duration,
+    /// What.
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+/// The faults a timeline can hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Crash a host: it stops, traffic to it is black-holed.
+    Kill(String),
+    /// Restart a crashed host.
+    Restart(String),
+    /// Slow a host down for a while.
+    Slow(Slow),
+    /// A host answers with an error status for a while.
+    Errors(Errors),
+    /// A host accepts connections but never answers, for a while.
+    Hang(Timed),
+    /// Cut the link between the proxy and a host for a while.
+    Partition(Partition),
+    /// Crash and restart a host in a cycle until a time.
+    Flap(Flap),
+    /// Reload the proxy with another config (through the same code as SIGHUP).
+    Reload(Reload),
+    /// Extra load from one key.
+    Storm(Storm),
+}
+
+/// `slow`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slow {
+    /// Host.
+    pub target: String,
+    /// Service time while slow.
+    #[serde(deserialize_with = "duration")]
+    pub latency: Duration,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+/// `errors`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Errors {
+    /// Host.
+    pub target: String,
+    /// Status answered.
+    #[serde(default = "five_hundred")]
+    pub status: u16,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+fn five_hundred() -> u16 {
+    500
+}
+
+/// A fault on one host for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timed {
+    /// Host.
+    pub target: String,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+/// `partition`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// Host cut off from the proxy.
+    pub target: String,
+    /// `refuse`: connects fail at once; `blackhole`: packets are held (connects time out).
+    #[serde(default)]
+    pub mode: PartitionMode,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+/// How a partition behaves.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionMode {
+    /// Connection refused.
+    #[default]
+    Refuse,
+    /// Held: nothing arrives until repaired.
+    Blackhole,
+}
+
+/// `flap`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flap {
+    /// Host.
+    pub target: String,
+    /// Cycle length.
+    #[serde(deserialize_with = "duration")]
+    pub period: Duration,
+    /// Down part of each cycle.
+    #[serde(deserialize_with = "duration")]
+    pub down: Duration,
+    /// When flapping stops (the host is left up).
+    #[serde(deserialize_with = "duration")]
+    pub until: Duration,
+}
+
+/// `reload`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    /// The new locci config, inline YAML.
+    pub config: String,
+}
+
+/// `storm`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storm {
+    /// Header carrying the key.
+    #[serde(default = "api_key_header")]
+    pub key_header: String,
+    /// The key.
+    pub key: String,
+    /// Path requested.
+    #[serde(default = "root")]
+    pub path: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+fn api_key_header() -> String {
+    "X-Api-Key".into()
+}
+fn root() -> String {
+    "/".into()
+}
+
+/// Swarm settings: with `--swarm`, each timeline event is kept with probability `p_enable` (drawn from the
+/// seed) and durations are scaled by a factor drawn from `[min_scale, max_scale]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmSpec {
+    /// Chance each event is kept.
+    pub p_enable: f64,
+    /// Smallest duration scale.
+    pub min_scale: f64,
+    /// Largest duration scale.
+    pub max_scale: f64,
+    /// After the timeline, every fault is healed at this time and convergence is demanded.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub heal_at: Option<Duration>,
+    /// How long convergence may take after healing.
+    #[serde(deserialize_with = "duration")]
+    pub converge_within: Duration,
+}
+
+impl Default for SwarmSpec {
+    fn default() -> Self {
+        SwarmSpec {
+            p_enable: 0.5,
+            min_scale: 0.5,
+            max_scale: 2.0,
+            heal_at: None,
+            converge_within: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What must hold over the trace (see GUIDE.md for the precise definitions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    /// No request reaches a server more than `grace` after it was marked down, until it is marked up.
+    NoTrafficToDown(Grace),
+    /// A server is marked down within `within` of `at` (a fault's onset).
+    Detection(Detection),
+    /// Requests issued in `[from, to)` get a response below 500 at least `min` of the time.
+    Availability(Availability),
+    /// Requests of `key` admitted (not 429) in any window stay within `rpm` x window + `burst`; and keys other
+    /// than `key` are never refused when `others_unlimited`.
+    RateLimit(RateLimitBound),
+    /// No request issued in `[from, to)` fails (5xx, timeout or connection error).
+    NoFailures(Window),
+    /// By `after + within` every server is up, and every request issued after that succeeds.
+    Converge(Converge),
+    /// Every request gets exactly one HTTP response (no client timeout, no broken connection).
+    AllAnswered(bool),
+    /// The `percentile` of response latency for requests issued in `[from, to)` is at most `max`.
+    Latency(LatencyBound),
+    /// A server receives at least `min` and at most `max` requests issued in `[from, to)`.
+    Traffic(Traffic),
+    /// A server changes state (down or up) at most `max` times.
+    MaxTransitions(MaxTransitions),
+}
+
+/// `max_transitions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxTransitions {
+    /// Host.
+    pub target: String,
+    /// Most state changes.
+    pub max: usize,
+}
+
+/// `no_traffic_to_down`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grace {
+    /// Allowance for requests already on the wire.
+    #[serde(default = "grace", deserialize_with = "duration")]
+    pub grace: Duration,
+}
+
+fn grace() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// `detection`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detection {
+    /// Host.
+    pub target: String,
+    /// Fault onset.
+    #[serde(deserialize_with = "duration")]
+    pub at: Duration,
+    /// Bound.
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
+}
+
+/// `availability`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Availability {
+    /// Lowest share of good answers.
+    pub min: f64,
+    /// Window start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// Window end (default: the end of the run).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
+}
+
+/// `rate_limit`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBound {
+    /// The key.
+    pub key: String,
+    /// Configured rate.
+    pub rpm: f64,
+    /// Configured burst.
+    pub burst: f64,
+    /// Keys other than `key` must never get 429.
+    #[serde(default)]
+    pub others_unlimited: bool,
+}
+
+/// A time window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// End (default: the end of the run).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
+}
+
+/// `converge`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Converge {
+    /// When the last fault healed.
+    #[serde(deserialize_with = "duration")]
+    pub after: Duration,
+    /// How long recovery may take.
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
+}
+
+/// `latency`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyBound {
+    /// Percentile, 0 to 100.
+    pub percentile: f64,
+    /// Bound.
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+    /// Window start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// Window end.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
+}
+
+/// `traffic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// Host.
+    pub target: String,
+    /// Fewest requests.
+    #[serde(default)]
+    pub min: u64,
+    /// Most requests.
+    #[serde(default = "unbounded")]
+    pub max: u64,
+    /// Window start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// Window end.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
+}
+
+fn unbounded() -> u64 {
+    u64::MAX
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    duration(de).map(Some)
+}
+
+/// Most simulated time a scenario may ask for.
+pub const MAX_DURATION: Duration = Duration::from_secs(6 * 3600);
+
+impl Scenario {
+    /// Parses and checks a scenario; every problem is named by its field.
+    pub fn parse(text: &str) -> Result<Scenario, Vec<String>> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            vec![format!("{at}{}", e.inner())]
+        })?;
+        let problems = scenario.check();
+        if problems.is_empty() { Ok(scenario) } else { Err(problems) }
+    }
+
+    /// Every host name, in registration order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.upstreams.iter().flat_map(UpstreamSpec::hosts).collect()
+    }
+
+    fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let hosts: BTreeSet<String> = self.hosts().into_iter().collect();
+        if self.sim.duration.is_zero() || self.sim.duration > MAX_DURATION {
+            p.push(format!("sim.duration: must be between 1ms and {}", humantime::format_duration(MAX_DURATION)));
+        }
+        if self.sim.tick.is_zero() || self.sim.tick > Duration::from_millis(100) {
+            p.push("sim.tick: must be between 1ns and 100ms".into());
+        }
+        if self.sim.link_latency.min > self.sim.link_latency.max {
+            p.push("sim.link_latency: min is above max".into());
+        }
+        if hosts.len() != self.hosts().len() {
+            p.push("upstreams: two hosts have the same name".into());
+        }
+        if hosts.contains("proxy") || hosts.contains("client") {
+            p.push("upstreams: \"proxy\" and \"client\" are taken".into());
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if u.replicas == 0 || u.replicas > 64 {
+                p.push(format!("upstreams[{i}].replicas: must be 1 to 64"));
+            }
+            if u.latency.min > u.latency.max {
+                p.push(format!("upstreams[{i}].latency: min is above max"));
+            }
+        }
+        if !(self.load.rate > 0.0 && self.load.rate <= 5000.0) {
+            p.push("load.rate: must be above 0 and at most 5000 per second".into());
+        }
+        if self.load.requests.is_empty() || self.load.requests.iter().all(|r| r.weight == 0) {
+            p.push("load.requests: needs at least one request with a weight".into());
+        }
+        for (i, e) in self.timeline.iter().enumerate() {
+            let target = match &e.fault {
+                Fault::Kill(t) | Fault::Restart(t) => Some(t),
+                Fault::Slow(s) => Some(&s.target),
+                Fault::Errors(s) => Some(&s.target),
+                Fault::Hang(s) => Some(&s.target),
+                Fault::Partition(s) => Some(&s.target),
+                Fault::Flap(s) => Some(&s.target),
+                Fault::Reload(_) => None,
+                Fault::Storm(s) => {
+                    if !(s.rate > 0.0 && s.rate <= 5000.0) {
+                        p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));
+                    }
+                    None
+                }
+            };
+            if let Some(t) = target
+                && !hosts.contains(t)
+            {
+                p.push(format!(
+                    "timeline[{i}]: unknown host {t:?} (hosts: {})",
+                    hosts.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if let Fault::Flap(f) = &e.fault
+                && (f.period.is_zero() || f.down >= f.period)
+            {
+                p.push(format!("timeline[{i}].flap: down must be shorter than period"));
+            }
+            if e.at > self.sim.duration {
+                p.push(format!("timeline[{i}].at: after the end of the run"));
+            }
+        }
+        p
+    }
+}

@@ -1,0 +1,98 @@
+//! The canonical event trace of a run: everything the oracles judge, each event stamped with simulated
+//! time only. Its hash identifies a run: same scenario + seed => same hash, on any machine.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One thing that happened. `t_us` is simulated microseconds since the start; `id` is the request id the
+/// client put in `x-sim-id`.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The client sent request `id`.
+    Issued { t_us: u64, id: u64, path: String, key: Option<String> },
+    /// Request `id` got an HTTP response.
+    Answered { t_us: u64, id: u64, status: u16, latency_us: u64 },
+    /// Request `id` got no response: client timeout or broken connection.
+    Failed { t_us: u64, id: u64, kind: String, latency_us: u64 },
+    /// Upstream host `host` received request `id`.
+    Received { t_us: u64, host: String, id: u64 },
+    /// The proxy changed a server's state.
+    Health { t_us: u64, host: String, up: bool },
+    /// A fault was applied.
+    Fault { t_us: u64, what: String },
+    /// A reload was applied (`generation`) or refused (`error`).
+    Reload { t_us: u64, generation: Option<u64>, error: Option<String> },
+}
+
+impl Event {
+    /// When it happened, in simulated microseconds.
+    pub fn t_us(&self) -> u64 {
+        match self {
+            Event::Issued { t_us, .. }
+            | Event::Answered { t_us, .. }
+            | Event::Failed { t_us, .. }
+            | Event::Received { t_us, .. }
+            | Event::Health { t_us, .. }
+            | Event::Fault { t_us, .. }
+            | Event::Reload { t_us, .. } => *t_us,
+        }
+    }
+}
+
+/// The trace, shared by every simulated host (turmoil runs them all on one thread).
+#[derive(Debug, Default, Clone)]
+pub struct Trace(Rc<RefCell<Vec<Event>>>);
+
+impl Trace {
+    /// Records an event.
+    pub fn push(&self, event: Event) {
+        self.0.borrow_mut().push(event);
+    }
+
+    /// The events, in the order they happened.
+    pub fn events(&self) -> Vec<Event> {
+        self.0.borrow().clone()
+    }
+}
+
+/// Simulated microseconds.
+pub fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// The current simulated time inside a host.
+pub fn now_us() -> u64 {
+    turmoil::sim_elapsed().map_or(0, us)
+}
+
+/// FNV-1a over the JSON lines of the trace: stable across runs, machines and Rust versions.
+pub fn hash(events: &[Event]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for e in events {
+        for b in line(e).bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// One event as a JSON line.
+pub fn line(e: &Event) -> String {
+    serde_json::to_string(e).unwrap_or_default()
+}
+
+/// The whole trace as JSON lines.
+pub fn jsonl(events: &[Event]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let _ = writeln!(out, "{}", line(e));
+    }
+    out
+}

@@ -1,0 +1,373 @@
+//! One simulated run: the turmoil world, the load plan, the fault timeline, and the driver loop that
+//! steps the world and applies faults between steps.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+
+use crate::hosts::{self, Behaviour, Command, Live, Planned, ProxyHost};
+use crate::scenario::{Arrival, Fault, PartitionMode, Scenario};
+use crate::trace::{Event, Trace, us};
+
+/// Extra simulated time after the load ends, for in-flight requests to finish or time out.
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Something the driver does at a time.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Crash a host.
+    Crash(String),
+    /// Restart a host.
+    Bounce(String),
+    /// Set a host's service time (`None`: back to its normal range).
+    Latency(String, Option<Duration>),
+    /// Set a host's status (200 = normal).
+    Status(String, u16),
+    /// Make a host hang or not.
+    Hang(String, bool),
+    /// Cut (`true`) or repair the proxy's link to a host.
+    Link(String, PartitionMode, bool),
+    /// Reload the proxy with this config (host names not yet replaced).
+    Reload(String),
+    /// Heal everything (swarm liveness phase).
+    HealAll,
+}
+
+/// The timeline, expanded into timed actions, after swarm selection.
+#[derive(Debug, Clone, Default)]
+pub struct Expanded {
+    /// Actions in time order.
+    pub actions: Vec<(Duration, Action)>,
+    /// Storms (kept after swarm selection): header, key, path, rate, from, to.
+    pub storms: Vec<(String, String, String, f64, Duration, Duration)>,
+    /// What swarm mode drew, for `explain` and reports.
+    pub knobs: Vec<String>,
+}
+
+/// Expands the timeline; with `swarm`, keeps each event with the scenario's probability and scales
+/// durations, all drawn from `seed`.
+pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5741_524d);
+    let mut out = Expanded::default();
+    for (i, e) in s.timeline.iter().enumerate() {
+        let (keep, scale) = if swarm {
+            let keep = rng.random_bool(s.swarm.p_enable.clamp(0.0, 1.0));
+            let scale = rng.random_range(s.swarm.min_scale..=s.swarm.max_scale.max(s.swarm.min_scale));
+            out.knobs.push(format!(
+                "timeline[{i}] {}: {}, durations x{scale:.2}",
+                name(&e.fault),
+                if keep { "on" } else { "off" }
+            ));
+            (keep, scale)
+        } else {
+            (true, 1.0)
+        };
+        if !keep {
+            continue;
+        }
+        let d = |x: Duration| x.mul_f64(scale);
+        let at = e.at;
+        let mut add = |t: Duration, a: Action| out.actions.push((t, a));
+        match &e.fault {
+            Fault::Kill(h) => add(at, Action::Crash(h.clone())),
+            Fault::Restart(h) => add(at, Action::Bounce(h.clone())),
+            Fault::Slow(x) => {
+                add(at, Action::Latency(x.target.clone(), Some(x.latency)));
+                add(at + d(x.duration), Action::Latency(x.target.clone(), None));
+            }
+            Fault::Errors(x) => {
+                add(at, Action::Status(x.target.clone(), x.status));
+                add(at + d(x.duration), Action::Status(x.target.clone(), 200));
+            }
+            Fault::Hang(x) => {
+                add(at, Action::Hang(x.target.clone(), true));
+                add(at + d(x.duration), Action::Hang(x.target.clone(), false));
+            }
+            Fault::Partition(x) => {
+                add(at, Action::Link(x.target.clone(), x.mode, true));
+                add(at + d(x.duration), Action::Link(x.target.clone(), x.mode, false));
+            }
+            Fault::Flap(x) => {
+                let mut t = at;
+                let until = at + d(x.until.saturating_sub(at));
+                while t < until {
+                    add(t, Action::Crash(x.target.clone()));
+                    add((t + x.down).min(until), Action::Bounce(x.target.clone()));
+                    t += x.period;
+                }
+            }
+            Fault::Reload(r) => add(at, Action::Reload(r.config.clone())),
+            Fault::Storm(x) => {
+                out.storms.push((x.key_header.clone(), x.key.clone(), x.path.clone(), x.rate, at, at + d(x.duration)))
+            }
+        }
+    }
+    if swarm && let Some(heal) = s.swarm.heal_at {
+        out.actions.push((heal, Action::HealAll));
+        out.knobs.push(format!("heal all at {}", humantime::format_duration(heal)));
+    }
+    out.actions.sort_by_key(|(t, _)| *t);
+    out
+}
+
+fn name(f: &Fault) -> &'static str {
+    match f {
+        Fault::Kill(_) => "kill",
+        Fault::Restart(_) => "restart",
+        Fault::Slow(_) => "slow",
+        Fault::Errors(_) => "errors",
+        Fault::Hang(_) => "hang",
+        Fault::Partition(_) => "partition",
+        Fault::Flap(_) => "flap",
+        Fault::Reload(_) => "reload",
+        Fault::Storm(_) => "storm",
+    }
+}
+
+/// The requests the client will send, in time order, drawn from `seed`.
+pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4c4f_4144);
+    let total_weight: u32 = s.load.requests.iter().map(|r| r.weight).sum();
+    let mut out = Vec::new();
+    let mut t = s.load.start;
+    while t < s.sim.duration {
+        let mut pick = rng.random_range(0..total_weight.max(1));
+        let spec = s
+            .load
+            .requests
+            .iter()
+            .find(|r| {
+                if pick < r.weight {
+                    true
+                } else {
+                    pick -= r.weight;
+                    false
+                }
+            })
+            .unwrap_or(&s.load.requests[0]);
+        let key =
+            spec.key_header.as_ref().map(|h| (h.clone(), format!("key-{}", rng.random_range(0..spec.keys.max(1)))));
+        out.push(Planned { at: t, id: 0, method: spec.method.clone(), path: spec.path.clone(), key });
+        let gap = match s.load.arrival {
+            Arrival::Uniform => 1.0 / s.load.rate,
+            Arrival::Poisson => -(1.0 - rng.random::<f64>()).ln() / s.load.rate,
+        };
+        t += Duration::from_secs_f64(gap);
+    }
+    for (header, key, path, rate, from, to) in &expanded.storms {
+        let mut t = *from;
+        while t < *to && t < s.sim.duration {
+            out.push(Planned {
+                at: t,
+                id: 0,
+                method: "GET".into(),
+                path: path.clone(),
+                key: Some((header.clone(), key.clone())),
+            });
+            t += Duration::from_secs_f64(1.0 / rate);
+        }
+    }
+    out.sort_by_key(|p| p.at);
+    for (i, p) in out.iter_mut().enumerate() {
+        p.id = i as u64;
+    }
+    out
+}
+
+/// What a run produced.
+pub struct Run {
+    /// The trace, in the order things happened.
+    pub events: Vec<Event>,
+    /// Upstream host names.
+    pub hosts: Vec<String>,
+    /// Simulated time covered.
+    pub end: Duration,
+    /// Timed actions applied (for phases in the report).
+    pub fault_times: Vec<Duration>,
+    /// Swarm draws.
+    pub knobs: Vec<String>,
+}
+
+/// Runs one scenario with one seed.
+pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
+    // Pingora's fast timeouts run on a real OS thread; every timeout of a second or more goes to tokio
+    // (simulated) time instead. locci's timeouts are whole seconds, so all of them do.
+    pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
+    let expanded = expand(s, seed, swarm);
+    let plan = plan(s, &expanded, seed);
+    let end = s.sim.duration + s.load.timeout + DRAIN;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(s.sim.epoch_unix_secs))
+        .simulation_duration(end + Duration::from_secs(60))
+        .tick_duration(s.sim.tick)
+        .min_message_latency(s.sim.link_latency.min)
+        .max_message_latency(s.sim.link_latency.max)
+        .build();
+    let trace = Trace::default();
+    let mut behaviours: BTreeMap<String, (Live<Behaviour>, Behaviour)> = BTreeMap::new();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for u in &s.upstreams {
+        for host in u.hosts() {
+            let normal = Behaviour { latency: (u.latency.min, u.latency.max), status: 200, hang: false };
+            let live = Rc::new(RefCell::new(normal.clone()));
+            let (name, port, b, t) = (host.clone(), u.port, Rc::clone(&live), trace.clone());
+            let host_seed = seed ^ fnv(&host);
+            sim.host(host.as_str(), move || hosts::upstream(name.clone(), port, Rc::clone(&b), t.clone(), host_seed));
+            names.insert(format!("{}:{}", sim.lookup(host.as_str()), u.port), host.clone());
+            behaviours.insert(host, (live, normal));
+        }
+    }
+    let substitute = |text: &str| {
+        let mut out = text.to_string();
+        for (addr, host) in &names {
+            let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+            out = out.replace(&format!("${{{host}}}"), ip);
+        }
+        out
+    };
+    let dir = tempfile::tempdir()?;
+    let (commands, rx) = mpsc::unbounded_channel();
+    let shared_slot = Rc::new(RefCell::new(None));
+    let proxy_host = Rc::new(ProxyHost {
+        config: substitute(&s.proxy.config),
+        config_path: dir.path().join("locci.yaml"),
+        seed: seed ^ 0x5052_4f58,
+        epoch: Duration::from_secs(s.sim.epoch_unix_secs),
+        commands: Rc::new(RefCell::new(Some(rx))),
+        shared: Rc::clone(&shared_slot),
+        trace: trace.clone(),
+    });
+    sim.host("proxy", move || hosts::proxy(Rc::clone(&proxy_host)));
+    sim.client("client", hosts::client(plan, s.load.timeout, trace.clone()));
+
+    let mut pending = expanded.actions.clone().into_iter().peekable();
+    let mut health: BTreeMap<String, bool> = BTreeMap::new();
+    let mut crashed: std::collections::BTreeSet<String> = Default::default();
+    let mut cut: Vec<(String, PartitionMode)> = Vec::new();
+    loop {
+        let now = sim.elapsed();
+        while let Some((_, action)) = pending.next_if(|(t, _)| *t <= now) {
+            trace.push(Event::Fault { t_us: us(now), what: describe(&action) });
+            match action {
+                Action::Crash(h) => {
+                    sim.crash(h.as_str());
+                    crashed.insert(h);
+                }
+                Action::Bounce(h) => {
+                    sim.bounce(h.as_str());
+                    crashed.remove(&h);
+                }
+                Action::Latency(h, l) => {
+                    set(&behaviours, &h, |b, normal| b.latency = l.map_or(normal.latency, |l| (l, l)))
+                }
+                Action::Status(h, st) => set(&behaviours, &h, |b, _| b.status = st),
+                Action::Hang(h, on) => set(&behaviours, &h, |b, _| b.hang = on),
+                Action::Link(h, mode, true) => {
+                    match mode {
+                        PartitionMode::Refuse => sim.partition("proxy", h.as_str()),
+                        PartitionMode::Blackhole => sim.hold("proxy", h.as_str()),
+                    }
+                    cut.push((h, mode));
+                }
+                Action::Link(h, mode, false) => {
+                    repair(&sim, &h, mode);
+                    cut.retain(|(c, _)| *c != h);
+                }
+                Action::Reload(text) => {
+                    let _ = commands.send(Command::Reload(substitute(&text)));
+                }
+                Action::HealAll => {
+                    for h in std::mem::take(&mut crashed) {
+                        sim.bounce(h.as_str());
+                    }
+                    for (h, mode) in std::mem::take(&mut cut) {
+                        repair(&sim, &h, mode);
+                    }
+                    for (live, normal) in behaviours.values() {
+                        *live.borrow_mut() = normal.clone();
+                    }
+                }
+            }
+        }
+        if let Some(shared) = shared_slot.borrow().as_ref() {
+            observe_health(shared, &names, &mut health, &trace, us(now));
+        }
+        if now >= end {
+            break;
+        }
+        sim.step().map_err(|e| anyhow::anyhow!("simulation failed at {}: {e}", humantime::format_duration(now)))?;
+    }
+    Ok(Run {
+        events: trace.events(),
+        hosts: s.hosts(),
+        end,
+        fault_times: expanded.actions.iter().map(|(t, _)| *t).collect(),
+        knobs: expanded.knobs,
+    })
+}
+
+fn set(
+    behaviours: &BTreeMap<String, (Live<Behaviour>, Behaviour)>,
+    host: &str,
+    f: impl FnOnce(&mut Behaviour, &Behaviour),
+) {
+    if let Some((live, normal)) = behaviours.get(host) {
+        f(&mut live.borrow_mut(), normal);
+    }
+}
+
+fn repair(sim: &turmoil::Sim<'_>, host: &str, mode: PartitionMode) {
+    match mode {
+        PartitionMode::Refuse => sim.repair("proxy", host),
+        PartitionMode::Blackhole => sim.release("proxy", host),
+    }
+}
+
+/// Records every change of a server's state as the proxy sees it.
+fn observe_health(
+    shared: &Arc<locci_proxy::Shared>,
+    names: &BTreeMap<String, String>,
+    last: &mut BTreeMap<String, bool>,
+    trace: &Trace,
+    t_us: u64,
+) {
+    let runtime = shared.runtime();
+    for pool in runtime.pools() {
+        for server in pool.servers() {
+            let host = names.get(&server.addr.text).cloned().unwrap_or_else(|| server.addr.text.clone());
+            let up = server.is_up();
+            match last.insert(host.clone(), up) {
+                // Servers start up; only changes are events.
+                None if up => {}
+                Some(prev) if prev == up => {}
+                _ => trace.push(Event::Health { t_us, host, up }),
+            }
+        }
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Crash(h) => format!("kill {h}"),
+        Action::Bounce(h) => format!("restart {h}"),
+        Action::Latency(h, Some(l)) => format!("slow {h} {}", humantime::format_duration(*l)),
+        Action::Latency(h, None) => format!("slow {h} over"),
+        Action::Status(h, 200) => format!("errors {h} over"),
+        Action::Status(h, s) => format!("errors {h} {s}"),
+        Action::Hang(h, on) => format!("hang {h} {}", if *on { "on" } else { "over" }),
+        Action::Link(h, m, on) => format!("partition proxy-{h} {m:?} {}", if *on { "on" } else { "repaired" }),
+        Action::Reload(_) => "reload".into(),
+        Action::HealAll => "heal all".into(),
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}

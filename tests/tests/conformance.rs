@@ -1,0 +1,195 @@
+//! The conformance arm: scenarios the simulator runs are also played in real time against the real
+//! `locci-proxy` binary and real servers, and judged by the same invariants, so simulation and reality
+//! cannot drift apart. Faults: kill = stop the server process's listener, restart = start it again on the
+//! same port, reload = rewrite the config and send SIGHUP.
+// The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use locci_e2e::*;
+use locci_sim::oracle;
+use locci_sim::scenario::Scenario;
+use locci_sim::trace::Event;
+use locci_sim::world::{self, Action};
+
+const CLIENTS: usize = 8;
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Replaces the simulated host names and listen addresses of a scenario config with real ones.
+fn real_config(text: &str, hosts: &BTreeMap<String, Backend>) -> String {
+    let mut out = text.replace("\"0.0.0.0:8484\"", "\"{BIND}\"");
+    for (name, b) in hosts {
+        out = out.replace(&format!("${{{name}}}:80"), &b.addr.to_string());
+    }
+    out = out.replace("control_api: { enabled: false }", "control_api: { bind_address: \"{CONTROL}\" }");
+    assert!(!out.contains("${") && out.contains("{CONTROL}"), "scenario config not translatable:\n{out}");
+    out
+}
+
+fn play(path: &str) -> Vec<oracle::Verdict> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap();
+    let scenario = Scenario::parse(&text).unwrap();
+    let mut hosts: BTreeMap<String, Backend> = scenario
+        .hosts()
+        .into_iter()
+        .map(|h| (h.clone(), Backend::start(&h, "127.0.0.1:0".parse().unwrap()).unwrap()))
+        .collect();
+    let addrs: BTreeMap<String, std::net::SocketAddr> = hosts.iter().map(|(h, b)| (h.clone(), b.addr)).collect();
+    let proxy = Proxy::start(&real_config(&scenario.proxy.config, &hosts));
+    let expanded = world::expand(&scenario, 1, false);
+    let plan = world::plan(&scenario, &expanded, 1);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let t0_tokio = tokio::time::Instant::from_std(t0);
+    // Health as the proxy sees it, from its control API.
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (events, done, url) = (Arc::clone(&events), Arc::clone(&done), proxy.control_url("/api/v1/upstreams"));
+        let names: BTreeMap<String, String> = addrs.iter().map(|(h, a)| (a.to_string(), h.clone())).collect();
+        std::thread::spawn(move || {
+            let http = client();
+            let mut last: BTreeMap<String, bool> = BTreeMap::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(resp) = http.get(&url).send() {
+                    let groups: serde_json::Value = resp.json().unwrap_or_default();
+                    for s in groups
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|g| g["servers"].as_array().cloned().unwrap_or_default())
+                    {
+                        let host = names.get(s["address"].as_str().unwrap_or("")).cloned().unwrap_or_default();
+                        let up = s["healthy"].as_bool().unwrap_or(true);
+                        let changed = match last.insert(host.clone(), up) {
+                            None => !up,
+                            Some(prev) => prev != up,
+                        };
+                        if changed {
+                            events.lock().unwrap().push(Event::Health { t_us: us(t0.elapsed()), host, up });
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // The planned load, on a few client threads, each request at its time.
+    let plan = Arc::new(plan);
+    let next = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (plan, next, events, url) = (Arc::clone(&plan), Arc::clone(&next), Arc::clone(&events), proxy.url(""));
+            let timeout = scenario.load.timeout;
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder().timeout(timeout).no_proxy().build().unwrap();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(req) = plan.get(i) else { break };
+                    if let Some(wait) = req.at.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let sent = Instant::now();
+                    let key = req.key.as_ref().map(|(_, v)| v.clone());
+                    events.lock().unwrap().push(Event::Issued {
+                        t_us: us(sent - t0),
+                        id: req.id,
+                        path: req.path.clone(),
+                        key,
+                    });
+                    let mut builder = http
+                        .request(req.method.parse().unwrap(), format!("{url}{}", req.path))
+                        .header("x-sim-id", req.id);
+                    if let Some((h, v)) = &req.key {
+                        builder = builder.header(h.as_str(), v.as_str());
+                    }
+                    let event = match builder.send() {
+                        Ok(r) => Event::Answered {
+                            t_us: us(t0.elapsed()),
+                            id: req.id,
+                            status: r.status().as_u16(),
+                            latency_us: us(sent.elapsed()),
+                        },
+                        Err(e) => Event::Failed {
+                            t_us: us(t0.elapsed()),
+                            id: req.id,
+                            kind: format!("{e}"),
+                            latency_us: us(sent.elapsed()),
+                        },
+                    };
+                    events.lock().unwrap().push(event);
+                }
+            })
+        })
+        .collect();
+    // The fault timeline, applied by this thread at its times.
+    for (at, action) in &expanded.actions {
+        if let Some(wait) = at.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        events.lock().unwrap().push(Event::Fault { t_us: us(t0.elapsed()), what: format!("{action:?}") });
+        match action {
+            Action::Crash(h) => {
+                let b = hosts.remove(h).expect("known host");
+                collect_received(&b, h, t0_tokio, &events);
+                drop(b); // stops its listener: connections are refused from now on
+            }
+            Action::Bounce(h) => {
+                hosts.insert(h.clone(), Backend::start(h, addrs[h]).unwrap());
+            }
+            Action::Reload(text) => {
+                let all: BTreeMap<String, Backend> = BTreeMap::new();
+                let mut cfg = text.clone();
+                for (name, addr) in &addrs {
+                    cfg = cfg.replace(&format!("${{{name}}}:80"), &addr.to_string());
+                }
+                proxy.write_config(&real_config(&cfg, &all));
+                proxy.signal("HUP");
+            }
+            other => panic!("{other:?} is not played by the real arm"),
+        }
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    poller.join().unwrap();
+    for (h, b) in &hosts {
+        collect_received(b, h, t0_tokio, &events);
+    }
+    let mut events = events.lock().unwrap().clone();
+    events.sort_by_key(Event::t_us);
+    oracle::check(&scenario, &events, t0.elapsed(), false)
+}
+
+fn collect_received(b: &Backend, host: &str, t0: tokio::time::Instant, events: &Mutex<Vec<Event>>) {
+    let mut events = events.lock().unwrap();
+    for (at, id) in b.received() {
+        if let Some(id) = id {
+            events.push(Event::Received { t_us: us(at.duration_since(t0)), host: host.to_string(), id });
+        }
+    }
+}
+
+fn assert_all_hold(verdicts: &[oracle::Verdict]) {
+    let failed: Vec<String> = verdicts.iter().filter(|v| !v.ok).map(|v| format!("{}: {}", v.name, v.detail)).collect();
+    assert!(failed.is_empty(), "invariants failed against the real binary:\n{}", failed.join("\n"));
+    assert!(verdicts.len() >= 5);
+}
+
+#[test]
+fn kill_and_return_holds_the_same_invariants_against_the_real_binary() {
+    assert_all_hold(&play("scenarios/kill-and-return.yaml"));
+}
+
+#[test]
+fn reload_swap_holds_the_same_invariants_against_the_real_binary() {
+    assert_all_hold(&play("scenarios/reload-swap.yaml"));
+}
