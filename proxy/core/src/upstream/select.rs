@@ -67,14 +67,24 @@ impl Selector {
         }
         match &self.0 {
             Strat::RoundRobin(next) => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+                let turn = next.fetch_add(1, Ordering::Relaxed);
+                if usable(turn % n) {
+                    return Some(turn % n);
+                }
+                // Turns that land on a server that is out go round the usable ones, so its share is spread
+                // evenly instead of all falling on its neighbour.
+                let list: Vec<usize> = (0..n).filter(|&i| usable(i)).collect();
+                (!list.is_empty()).then(|| list[turn % list.len()])
             }
             Strat::Weighted { schedule, next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                let len = schedule.len();
-                // The schedule holds every server, so one pass over it visits every candidate.
-                (0..len).map(|k| schedule[(start + k) % len] as usize).find(|&i| usable(i))
+                let turn = next.fetch_add(1, Ordering::Relaxed);
+                let first = schedule[turn % schedule.len()] as usize;
+                if usable(first) {
+                    return Some(first);
+                }
+                // The schedule filtered to usable servers keeps their weight ratios.
+                let list: Vec<usize> = schedule.iter().map(|&i| i as usize).filter(|&i| usable(i)).collect();
+                (!list.is_empty()).then(|| list[turn % list.len()])
             }
             Strat::Random => {
                 let total: u64 = (0..n).filter(|&i| usable(i)).map(|i| u64::from(servers[i].weight)).sum();

@@ -53,6 +53,21 @@ fn round_robin_is_exactly_even() {
 }
 
 #[test]
+fn a_down_servers_share_is_spread_evenly_over_the_others() {
+    let pool = Pool::new(spec(Strategy::RoundRobin, &[1, 1, 1, 1]), None);
+    pool.probe(1, false, ManualClock::default().now());
+    let s = shares(&pool, 1200);
+    assert_eq!(s.get(&1), None);
+    for i in [0, 2, 3] {
+        assert!((380..=420).contains(&s[&i]), "{s:?}");
+    }
+    let weighted = Pool::new(spec(Strategy::Weighted, &[1, 1, 2]), None);
+    weighted.probe(0, false, ManualClock::default().now());
+    let s = shares(&weighted, 900);
+    assert!((280..=320).contains(&s[&1]) && (580..=620).contains(&s[&2]), "weights kept among the rest: {s:?}");
+}
+
+#[test]
 fn weighted_follows_the_weights_exactly_per_cycle() {
     let pool = Pool::new(spec(Strategy::Weighted, &[1, 3]), None);
     assert_eq!(shares(&pool, 400).values().copied().collect::<Vec<_>>(), vec![100, 300]);
