@@ -44,9 +44,26 @@ lint:
 fmt:
     cargo fmt --all
 
-# Criterion benchmarks of the core's hot paths (release build).
+# Criterion benchmarks: the core's hot paths and whole-request latency through a running locci-proxy (release).
 bench:
-    cargo bench -j {{jobs}} -p locci-benches
+    cargo build -q --release -j {{jobs}} -p locci-proxy
+    cargo bench -j {{jobs}} -p locci-benches -- --warm-up-time 1 --measurement-time 3
+
+# The release gate: run the benches, compare with benches/baseline.json, fail on a regression (THRESHOLD=0.30).
+bench-gate: bench
+    python3 benches/scripts/gate.py
+
+# Save the latest bench results as the new baseline (commit benches/baseline.json with the reason).
+bench-baseline:
+    python3 benches/scripts/gate.py --update
+
+# locci, nginx and HAProxy side by side on loopback (installs nginx-light and haproxy when missing).
+bench-peers:
+    bash benches/scripts/peers.sh
+
+# Is locci-loadgen the bottleneck? It against wrk on the same fast server (installs wrk when missing).
+bench-loadgen:
+    bash benches/scripts/loadgen-vs-wrk.sh
 
 # Everything CI runs.
 ci: lint test check-examples sim

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# just bench-loadgen: is locci-loadgen the bottleneck? Against one fast nginx (one worker, CPU 0) both wrk and
+# locci-loadgen (one thread, CPU 1, same connections) run in interleaved rounds; prints both rates and the
+# ratio. Target: locci-loadgen reaches at least 90% of wrk.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}; CONNECTIONS=${CONNECTIONS:-32}
+TARGET=${CARGO_TARGET_DIR:-target}; OUT=$TARGET/bench-loadgen
+command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx-light >/dev/null; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build -q --release -p locci-loadgen
+rm -rf "$OUT"; mkdir -p "$OUT"
+P=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$OUT/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$P; location / { return 200 "ok\n"; } } }
+CONF
+taskset -c 0 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" & NPID=$!
+trap 'kill $NPID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
+for r in $(seq "$ROUNDS"); do
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$P/" | awk '/Requests\/sec/ {print $2}' > "$OUT/wrk-$r"
+  taskset -c 1 "$TARGET/release/locci-loadgen" "http://127.0.0.1:$P/" --threads 1 --concurrency "$CONNECTIONS" \
+    --duration "${DURATION}s" --json "$OUT/lg-$r.json" > /dev/null 2>&1
+done
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, n = sys.argv[1], int(sys.argv[2])
+wrk = statistics.median(float(open(f"{out}/wrk-{r}").read()) for r in range(1, n + 1))
+lg = statistics.median(json.load(open(f"{out}/lg-{r}.json"))["throughput_rps"] for r in range(1, n + 1))
+print(f"wrk {wrk:.0f} req/s   locci-loadgen {lg:.0f} req/s   ratio {lg / wrk:.2f} (target >= 0.90)")
+PY

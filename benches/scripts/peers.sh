@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# just bench-peers: locci, nginx and HAProxy side by side on loopback, in front of the same three upstream
+# servers (one nginx serving a fixed 200), same round robin, same upstream keep-alive, one worker each,
+# measured with locci-loadgen in interleaved rounds. Prints requests/s, p50, p99 and RSS for each, and each
+# as a ratio to nginx. On 2 cores: the proxy under test runs on CPU 0, upstream and load generator on CPU 1.
+#
+# Knobs (environment): ROUNDS (3), DURATION (10s), WARMUP (2s), CONCURRENCY (32), OUT (target/bench-peers).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10s}; WARMUP=${WARMUP:-2s}; CONCURRENCY=${CONCURRENCY:-32}
+TARGET=${CARGO_TARGET_DIR:-target}
+OUT=${OUT:-$TARGET/bench-peers}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx); HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+cargo build -q --release -p locci-proxy -p locci-loadgen
+LOCCI=$TARGET/release/locci-proxy; LOADGEN=$TARGET/release/locci-loadgen
+
+rm -rf "$OUT"; mkdir -p "$OUT"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+U1=$(port); U2=$(port); U3=$(port); PN=$(port); PH=$(port); PL=$(port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cat > "$OUT/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log $OUT/upstream.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$U1; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$U2; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$U3; location / { return 200 "ok\n"; } } }
+CONF
+cat > "$OUT/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  upstream app { server 127.0.0.1:$U1; server 127.0.0.1:$U2; server 127.0.0.1:$U3; keepalive 64; }
+  server { listen 127.0.0.1:$PN; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$OUT/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$PH
+  default_backend app
+backend app
+  balance roundrobin
+  server s1 127.0.0.1:$U1
+  server s2 127.0.0.1:$U2
+  server s3 127.0.0.1:$U3
+CONF
+cat > "$OUT/locci.yaml" <<CONF
+mode: load_balancer
+server: { bind_address: "127.0.0.1:$PL", workers: 1, connection_pool: { max_idle: 64 } }
+logging: { level: warn }
+control_api: { enabled: false }
+upstreams:
+  app: { servers: ["127.0.0.1:$U1", "127.0.0.1:$U2", "127.0.0.1:$U3"], strategy: round_robin }
+load_balancer: { upstream: app }
+CONF
+
+taskset -c 1 "$NGINX" -c "$OUT/upstream.conf" -p "$OUT" & pids+=($!)
+taskset -c 0 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" & pids+=($!); NGINX_PID=$!
+taskset -c 0 "$HAPROXY" -f "$OUT/haproxy.cfg" & pids+=($!); HA_PID=$!
+taskset -c 0 "$LOCCI" --config "$OUT/locci.yaml" > "$OUT/locci.log" 2>&1 & pids+=($!); LOCCI_PID=$!
+for p in $U1 $U2 $U3 $PN $PH $PL; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+# RSS of a process and its children, in KiB.
+rss() { local total=0; for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $total; }
+
+declare -A PORT=([nginx]=$PN [haproxy]=$PH [locci]=$PL)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HA_PID [locci]=$LOCCI_PID)
+for round in $(seq "$ROUNDS"); do
+  for name in nginx haproxy locci; do
+    taskset -c 1 "$LOADGEN" "http://127.0.0.1:${PORT[$name]}/" --concurrency "$CONCURRENCY" --threads 1 \
+      --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/$name-$round.json" > /dev/null 2>&1
+    echo "$(rss "${PID[$name]}")" > "$OUT/$name-$round.rss"
+    echo "round $round $name done"
+  done
+done
+
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+rows = {}
+for name in ["nginx", "haproxy", "locci"]:
+    rs = [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1, rounds + 1)]
+    rss = [int(open(f"{out}/{name}-{r}.rss").read()) for r in range(1, rounds + 1)]
+    bad = sum(sum(r["errors"].values()) + sum(v for k, v in r["status"].items() if k != "200") for r in rs)
+    rows[name] = dict(rps=statistics.median(r["throughput_rps"] for r in rs),
+                      p50=statistics.median(r["latency_us"]["p50"] for r in rs),
+                      p99=statistics.median(r["latency_us"]["p99"] for r in rs),
+                      rss=max(rss) / 1024, bad=bad)
+n = rows["nginx"]
+print(f"{'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'non-200':>8} {'rps/nginx':>10} {'p99/nginx':>10}")
+for name, r in rows.items():
+    print(f"{name:8} {r['rps']:>10.0f} {r['p50']/1000:>8.3f} {r['p99']/1000:>8.3f} {r['rss']:>8.1f} {r['bad']:>8} "
+          f"{r['rps']/n['rps']:>10.2f} {r['p99']/n['p99']:>10.2f}")
+json.dump(rows, open(f"{out}/summary.json", "w"), indent=2)
+PY

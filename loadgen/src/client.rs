@@ -1,0 +1,81 @@
+//! One keep-alive HTTP/1.1 connection on hyper, reopened when it breaks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::Options;
+
+/// Where requests go.
+pub struct Target {
+    addr: SocketAddr,
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    /// Resolves the URL once, before the run.
+    pub async fn resolve(opts: &Options) -> anyhow::Result<Arc<Target>> {
+        if opts.url.scheme_str() != Some("http") {
+            anyhow::bail!("only http:// URLs are supported (got {})", opts.url);
+        }
+        let authority = opts.url.authority().ok_or_else(|| anyhow::anyhow!("the URL has no host"))?.to_string();
+        let with_port = if opts.url.port().is_some() { authority.clone() } else { format!("{authority}:80") };
+        let addr = tokio::net::lookup_host(&with_port)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
+        let path = opts.url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        Ok(Arc::new(Target { addr, authority, path }))
+    }
+}
+
+/// An open connection.
+pub struct Connection(SendRequest<Full<Bytes>>);
+
+async fn connect(target: &Target) -> Result<Connection, &'static str> {
+    let stream = TcpStream::connect(target.addr).await.map_err(|_| "connect")?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| "connect")?;
+    tokio::spawn(conn);
+    Ok(Connection(sender))
+}
+
+/// Sends one request on `conn` (opening it first if needed); the status, or the kind of error.
+pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options) -> Result<u16, &'static str> {
+    if conn.as_ref().is_none_or(|c| c.0.is_closed()) {
+        *conn = Some(connect(target).await?);
+    }
+    let Some(Connection(sender)) = conn.as_mut() else { return Err("connect") };
+    let mut req = http::Request::builder()
+        .method(opts.method.clone())
+        .uri(target.path.as_str())
+        .header(http::header::HOST, target.authority.as_str());
+    for (name, value) in &opts.headers {
+        req = req.header(name, value);
+    }
+    let req = req.body(Full::new(opts.body.clone())).map_err(|_| "request")?;
+    let exchange = async {
+        sender.ready().await.map_err(|_| "io")?;
+        let resp = sender.send_request(req).await.map_err(|_| "io")?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.map_err(|_| "io")?;
+        Ok(status)
+    };
+    match tokio::time::timeout(opts.timeout, exchange).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(kind)) => {
+            *conn = None;
+            Err(kind)
+        }
+        Err(_) => {
+            *conn = None;
+            Err("timeout")
+        }
+    }
+}

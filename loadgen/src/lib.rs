@@ -1,0 +1,183 @@
+//! locci-loadgen: an HTTP/1.1 keep-alive load generator.
+//!
+//! Closed loop (`--concurrency C`: C connections, each sends its next request when the last answer is in) or
+//! open loop (`--rate R`: requests are due at fixed intended times; latency is measured from the intended
+//! time, so a stalled server shows up in the percentiles instead of quietly slowing the sender — the
+//! coordinated-omission correction). Latencies go into an HDR histogram (microseconds, 3 significant digits).
+
+mod client;
+mod report;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+pub use report::{Latency, Report};
+
+/// Largest latency the histogram tracks (longer ones are recorded as this), in microseconds.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Most connections one run may open.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// This many connections, each sending as soon as its previous answer is in.
+    Closed {
+        /// Connections.
+        concurrency: usize,
+    },
+    /// Requests due at a fixed rate, sent over up to this many connections.
+    Open {
+        /// Requests per second.
+        rate: f64,
+        /// Connections.
+        connections: usize,
+    },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Target URL (http only).
+    pub url: http::Uri,
+    /// Pacing.
+    pub pace: Pace,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Method.
+    pub method: http::Method,
+    /// Extra headers.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Request body.
+    pub body: Bytes,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// What one connection recorded.
+struct Tally {
+    histogram: Histogram<u64>,
+    status: BTreeMap<u16, u64>,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        // 1 µs to 1 hour at 3 significant digits: fixed bounds, so recording never resizes (or clamps early).
+        Ok(Tally {
+            histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            status: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        })
+    }
+
+    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.histogram.add(other.histogram)?;
+        for (k, v) in other.status {
+            *self.status.entry(k).or_default() += v;
+        }
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the load and returns the report.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let target = client::Target::resolve(&opts).await?;
+    let connections = match opts.pace {
+        Pace::Closed { concurrency } => concurrency,
+        Pace::Open { connections, .. } => connections,
+    }
+    .clamp(1, MAX_CONNECTIONS);
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + opts.warmup;
+    let end = measure_from + opts.duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let progress = opts.progress.then(|| {
+        let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                let secs = Instant::now().saturating_duration_since(start).as_secs();
+                eprint!(
+                    "\r[{secs:>4}s] {now:>10} requests  {:>8}/s  errors {:<6}",
+                    now - last,
+                    failed.load(Ordering::Relaxed)
+                );
+                last = now;
+            }
+        })
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (target, next, done, failed) =
+            (Arc::clone(&target), Arc::clone(&next), Arc::clone(&done), Arc::clone(&failed));
+        let opts = opts.clone();
+        workers.spawn(async move {
+            let mut tally = Tally::new()?;
+            let mut conn: Option<client::Connection> = None;
+            loop {
+                let due = match opts.pace {
+                    Pace::Closed { .. } => {
+                        let now = Instant::now().max(start);
+                        tokio::time::sleep_until(now).await;
+                        now
+                    }
+                    Pace::Open { rate, .. } => {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                };
+                if due >= end {
+                    break;
+                }
+                let outcome = client::send(&target, &mut conn, &opts).await;
+                let latency = Instant::now().saturating_duration_since(due);
+                done.fetch_add(1, Ordering::Relaxed);
+                if due < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(status) => {
+                        *tally.status.entry(status).or_default() += 1;
+                        tally.histogram.saturating_record(latency.as_micros().max(1) as u64);
+                    }
+                    Err(kind) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *tally.errors.entry(kind).or_default() += 1;
+                    }
+                }
+            }
+            anyhow::Ok(tally)
+        });
+    }
+    let mut total = Tally::new()?;
+    while let Some(joined) = workers.join_next().await {
+        total.merge(joined??)?;
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    Ok(Report::new(&opts, connections, total.histogram, total.status, total.errors))
+}

@@ -1,0 +1,120 @@
+//! `locci-loadgen URL [--rate R | --concurrency C] --duration 30s [--warmup 5s] [-H 'Name: value']...
+//! [--method M] [--body FILE] [--json FILE]`: see the crate docs and GUIDE.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use locci_loadgen::{Options, Pace};
+
+#[derive(Parser, Debug)]
+#[command(name = "locci-loadgen", version, about = "HTTP/1.1 load generator (closed or open loop, HDR latency)")]
+struct Cli {
+    /// Target URL (http://host:port/path).
+    url: String,
+    /// Open loop: requests per second, latency from the intended send time.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: connections each sending when the previous answer is in (default 16).
+    #[arg(long, short)]
+    concurrency: Option<usize>,
+    /// Open loop: connections to send over (default 64).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured time.
+    #[arg(long, short, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before it.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Extra header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Method.
+    #[arg(long, short, default_value = "GET")]
+    method: String,
+    /// File whose content is the request body.
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Worker threads (default: cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match options(&cli) {
+        Ok(opts) => execute(&cli, opts),
+        Err(e) => {
+            eprintln!("locci-loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn options(cli: &Cli) -> anyhow::Result<Options> {
+    let url: http::Uri = cli.url.parse().map_err(|e| anyhow::anyhow!("bad URL {:?}: {e}", cli.url))?;
+    let pace = match (cli.rate, cli.concurrency) {
+        (Some(rate), _) if !(rate > 0.0 && rate.is_finite()) => anyhow::bail!("--rate must be above 0"),
+        (Some(rate), _) => Pace::Open { rate, connections: cli.connections },
+        (None, c) => Pace::Closed { concurrency: c.unwrap_or(16) },
+    };
+    let mut headers = Vec::new();
+    for h in &cli.headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("header {h:?} is not 'Name: value'"))?;
+        headers.push((name.trim().parse()?, value.trim().parse()?));
+    }
+    let body = match &cli.body {
+        Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?.into(),
+        None => bytes::Bytes::new(),
+    };
+    Ok(Options {
+        url,
+        pace,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        method: cli.method.parse()?,
+        headers,
+        body,
+        timeout: cli.timeout,
+        progress: true,
+    })
+}
+
+fn execute(cli: &Cli, opts: Options) -> ExitCode {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let runtime = match rt.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("locci-loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(locci_loadgen::run(opts)) {
+        Ok(report) => {
+            print!("{}", report.text());
+            if let Some(path) = &cli.json {
+                let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("locci-loadgen: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("locci-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
