@@ -86,7 +86,13 @@ fn selection(c: &mut Criterion) {
 
 fn rate_limit(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit");
-    let cfg = config::RateLimitConfig { requests_per_minute: u32::MAX, burst_size: Some(u32::MAX), key_header: None };
+    let cfg = config::RateLimitConfig {
+        requests_per_minute: u32::MAX,
+        burst_size: Some(u32::MAX),
+        key_header: None,
+        backend: Default::default(),
+        redis: None,
+    };
     let settings = RateSettings::compile(&cfg, "", &mut |_, _| {}).unwrap();
     let epoch = ManualClock::default().now();
     let limiter = RateLimiter::new(settings.clone(), epoch);

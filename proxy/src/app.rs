@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
-use locci_core::config::{Config, ConfigErrors};
+use locci_core::config::{Config, ConfigErrors, OnError};
+use locci_core::middleware::{Pending, StoreReply};
 use locci_core::{Runtime, ValidConfig};
 use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
@@ -17,6 +18,7 @@ use pingora_proxy::HttpProxy;
 use crate::config_file::{self, Overrides};
 use crate::observe::Metrics;
 use crate::server::gateway::Gateway;
+use crate::server::rate_store::{RateStores, RedisStores};
 use crate::server::transport::{NativeTransport, Prober, TcpProber, UpstreamTransport};
 
 /// What differs between production and simulation: time, randomness and the network.
@@ -30,6 +32,8 @@ pub struct Env {
     pub transport: Arc<dyn UpstreamTransport>,
     /// How health checks reach upstream servers.
     pub prober: Arc<dyn Prober>,
+    /// Where shared rate-limit buckets are kept.
+    pub rate_stores: Arc<dyn RateStores>,
 }
 
 impl Env {
@@ -40,6 +44,7 @@ impl Env {
             entropy: Arc::new(OsEntropy::new()),
             transport: Arc::new(NativeTransport),
             prober: Arc::new(TcpProber),
+            rate_stores: Arc::new(RedisStores::default()),
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Shared {
     inflight: AtomicUsize,
     /// Set once a shutdown or upgrade has begun: responses then close their connections.
     draining: AtomicBool,
+    /// When the last rate-limit-store fallback was logged (unix seconds), so it is logged at most every 10 s.
+    fallback_logged: std::sync::atomic::AtomicU64,
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
 }
@@ -98,6 +105,7 @@ impl Shared {
             cas,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            fallback_logged: std::sync::atomic::AtomicU64::new(0),
             change: Mutex::new(()),
         }))
     }
@@ -184,6 +192,32 @@ impl Shared {
     /// Whether the process is going away.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+}
+
+impl Shared {
+    /// Asks the shared store for a token; when it cannot answer in time the limit's `on_error` applies, which
+    /// is counted and logged (at most every 10 s).
+    pub async fn take_shared_token(&self, route: &str, pending: &Pending) -> StoreReply {
+        let settings = &pending.limit.settings;
+        let Some(remote) = &settings.remote else { return StoreReply::Unavailable };
+        let store = self.env.rate_stores.store(remote.url.expose());
+        let reply = store.take(&pending.key, settings).await;
+        if reply == StoreReply::Unavailable {
+            let on_error = match remote.on_error {
+                OnError::Allow => "allow",
+                OnError::Deny => "deny",
+            };
+            self.metrics.ratelimit_fallback(route, on_error);
+            let now = self.env.clock.unix_now().as_secs();
+            let last = self.fallback_logged.load(Ordering::Relaxed);
+            if now >= last + 10
+                && self.fallback_logged.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                tracing::warn!(route, on_error, "rate-limit store unavailable, falling back");
+            }
+        }
+        reply
     }
 }
 

@@ -147,6 +147,7 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
         entropy: Arc::new(SeededEntropy::new(host.seed)),
         transport: Arc::new(SimTransport),
         prober: Arc::new(SimProber),
+        rate_stores: Arc::new(crate::net::DeadStores),
     };
     let source = ConfigSource { path: Some(host.config_path.clone()), overrides: Overrides::default() };
     let shared = Shared::new(valid, env, source).map_err(|e| e.to_string())?;

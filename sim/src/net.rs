@@ -112,3 +112,25 @@ impl Prober for SimProber {
         .map_err(|_| io::ErrorKind::TimedOut)?
     }
 }
+
+/// A shared rate-limit store that never answers: the simulator's model of a dead Redis, so scenarios with
+/// `backend: redis` exercise the `on_error` fallback.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadStores;
+
+#[async_trait]
+impl locci_proxy::server::rate_store::RateStore for DeadStores {
+    async fn take(
+        &self,
+        _key: &str,
+        _settings: &locci_core::middleware::RateSettings,
+    ) -> locci_core::middleware::StoreReply {
+        locci_core::middleware::StoreReply::Unavailable
+    }
+}
+
+impl locci_proxy::server::rate_store::RateStores for DeadStores {
+    fn store(&self, _url: &str) -> Arc<dyn locci_proxy::server::rate_store::RateStore> {
+        Arc::new(DeadStores)
+    }
+}

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 /// Read access to request headers.
-pub trait Headers {
+pub trait Headers: Sync {
     /// The first value of a header (case-insensitive name), if present and valid UTF-8.
     fn get(&self, name: &str) -> Option<&str>;
 }

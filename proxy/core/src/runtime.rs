@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
-use crate::middleware::{self, Kind, Now, RateLimiter, Rejection, Step};
+use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejection, RemoteLimit, Step, StoreReply};
 use crate::request::RequestInfo;
 use crate::respond::Failure;
 use crate::route::{Route, RouteMatch, RouteTable};
@@ -40,6 +40,13 @@ pub enum Plan<'a> {
         rejection: Option<Rejection>,
         /// Headers the middlewares add to the reply (CORS, rate limits) when a later step fails.
         headers: Vec<(&'static str, String)>,
+    },
+    /// Ask the shared rate-limit store, then call [`Runtime::resume`] with its reply.
+    Remote {
+        /// The route.
+        route: &'a Route,
+        /// The paused chain and what to ask.
+        pending: Pending,
     },
     /// Forward it.
     Forward {
@@ -74,6 +81,10 @@ impl Runtime {
                 .iter()
                 .filter_map(|kind| match kind {
                     Kind::RateLimit => middlewares.rate_limit.as_ref().map(|settings| {
+                        if settings.remote.is_some() {
+                            let limit = RemoteLimit { settings: settings.clone(), route: Arc::clone(&route.name) };
+                            return Step::RemoteRateLimit(Arc::new(limit));
+                        }
                         let carried =
                             previous.and_then(|p| p.limiter(&route.name)).filter(|l| l.settings() == settings);
                         Step::RateLimit(carried.unwrap_or_else(|| Arc::new(RateLimiter::new(settings.clone(), epoch))))
@@ -147,15 +158,51 @@ impl Runtime {
                 return respond(None, Failure::MethodNotAllowed(allow), None, Vec::new());
             }
         };
-        let outcome = middleware::run(route.steps(), req, now);
+        self.after_chain(route, middleware::run(route.steps(), req, now), req, entropy)
+    }
+
+    /// Continues a plan that waited for the shared rate-limit store.
+    pub fn resume<'a>(
+        &'a self,
+        route: &'a Route,
+        pending: Pending,
+        reply: StoreReply,
+        req: &RequestInfo<'_>,
+        now: Now,
+        entropy: &dyn Entropy,
+    ) -> Plan<'a> {
+        self.after_chain(route, middleware::resume(route.steps(), pending, reply, req, now), req, entropy)
+    }
+
+    fn after_chain<'a>(
+        &'a self,
+        route: &'a Route,
+        chain: Result<Outcome, Pending>,
+        req: &RequestInfo<'_>,
+        entropy: &dyn Entropy,
+    ) -> Plan<'a> {
+        let outcome = match chain {
+            Ok(outcome) => outcome,
+            Err(pending) => return Plan::Remote { route, pending },
+        };
         if let Some(reply) = outcome.reply {
-            return respond(Some(route), Failure::Middleware(reply), outcome.rejection, Vec::new());
+            return Plan::Respond {
+                route: Some(route),
+                failure: Failure::Middleware(reply),
+                rejection: outcome.rejection,
+                headers: Vec::new(),
+            };
         }
         match self.pools.get(route.group).and_then(|pool| pool.select(req, &[], entropy)) {
             Some(server) => {
                 Plan::Forward { route, group: route.group, server, response_headers: outcome.response_headers }
             }
-            None => respond(Some(route), Failure::NoHealthyUpstream, None, outcome.response_headers),
+            None => Plan::Respond {
+                route: Some(route),
+                failure: Failure::NoHealthyUpstream,
+                rejection: None,
+                headers: outcome.response_headers,
+            },
         }
     }
 

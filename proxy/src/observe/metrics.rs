@@ -22,6 +22,7 @@ pub struct Metrics {
     ratelimit_rejected: IntCounterVec,
     auth_rejected: IntCounterVec,
     reloads: IntCounterVec,
+    fallbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -41,6 +42,11 @@ impl Metrics {
         let auth_rejected =
             counter("locci_auth_rejected_total", "Requests refused by authentication.", &["route", "reason"])?;
         let reloads = counter("locci_config_reloads_total", "Config reloads by result.", &["result"])?;
+        let fallbacks = counter(
+            "locci_ratelimit_fallback_total",
+            "Rate-limit decisions made by on_error because the shared store did not answer in time.",
+            &["route", "on_error"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new("locci_request_duration_seconds", "Request duration, from request to response end.")
                 .buckets(DURATION_BUCKETS.to_vec()),
@@ -58,7 +64,18 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        Ok(Metrics { registry, requests, duration, health, active, errors, ratelimit_rejected, auth_rejected, reloads })
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            health,
+            active,
+            errors,
+            ratelimit_rejected,
+            auth_rejected,
+            reloads,
+            fallbacks,
+        })
     }
 
     /// Counts one answered request and its duration.
@@ -81,6 +98,11 @@ impl Metrics {
     /// Counts an authentication refusal.
     pub fn auth_rejected(&self, route: &str, reason: &str) {
         self.auth_rejected.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a decision made by `on_error` because the shared store did not answer.
+    pub fn ratelimit_fallback(&self, route: &str, on_error: &str) {
+        self.fallbacks.with_label_values(&[route, on_error]).inc();
     }
 
     /// Counts a reload attempt.

@@ -42,7 +42,7 @@ impl Gateway {
         Now { mono: self.shared.env.clock.now(), unix: self.shared.env.clock.unix_now() }
     }
     /// Runs the core's plan for a request; `Some` is the reply the proxy sends itself.
-    fn plan(&self, session: &Session, ctx: &mut RequestCtx, runtime: &Arc<Runtime>, now: Now) -> Option<Reply> {
+    async fn plan(&self, session: &Session, ctx: &mut RequestCtx, runtime: &Arc<Runtime>, now: Now) -> Option<Reply> {
         let header = session.req_header();
         let headers = HeaderView(header);
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
@@ -51,7 +51,14 @@ impl Gateway {
             forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
         let uri = &header.uri;
         let req = headers.request(ctx.client_ip);
-        match runtime.plan(&req, now, &*self.shared.env.entropy) {
+        let entropy = &*self.shared.env.entropy;
+        let mut plan = runtime.plan(&req, now, entropy);
+        // A shared-store rate limit pauses the plan for one bounded round trip, then the core goes on.
+        while let Plan::Remote { route, pending } = plan {
+            let reply = self.shared.take_shared_token(&route.name, &pending).await;
+            plan = runtime.resume(route, pending, reply, &req, self.now(), entropy);
+        }
+        match plan {
             Plan::Respond { route, failure, rejection, headers } => {
                 ctx.route = route.map(|r| Arc::clone(&r.name));
                 let mut reply = failure.reply();
@@ -71,6 +78,7 @@ impl Gateway {
                 ctx.in_flight = runtime.pools().get(group).map(|pool| pool.begin(server));
                 None
             }
+            Plan::Remote { .. } => Some(Failure::Internal.reply()),
         }
     }
 }
@@ -150,7 +158,7 @@ impl ProxyHttp for Gateway {
         let now = self.now();
         ctx.started = Some(now.mono);
         let runtime = self.shared.runtime();
-        let reply = self.plan(session, ctx, &runtime, now);
+        let reply = self.plan(session, ctx, &runtime, now).await;
         ctx.runtime = Some(runtime);
         match reply {
             None => Ok(false),

@@ -3,6 +3,7 @@
 pub mod gateway;
 mod headers;
 pub mod health;
+pub mod rate_store;
 pub mod signals;
 pub mod transport;
 

@@ -350,6 +350,58 @@ pub struct RateLimitConfig {
     /// Header whose value keys the bucket; the client IP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_header: Option<String>,
+    /// Where buckets live: this process's memory, or Redis shared by a fleet.
+    #[serde(default)]
+    pub backend: RateBackend,
+    /// Redis settings (backend redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where rate-limit buckets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateBackend {
+    /// In this process.
+    #[default]
+    Memory,
+    /// In Redis, shared by every proxy that uses it.
+    Redis,
+}
+
+/// Redis settings for shared rate limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` (or `rediss://`).
+    pub url: Secret,
+    /// Prefix of every bucket key.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// Longest a request waits for Redis before the fallback applies.
+    #[serde(default = "fifty")]
+    pub timeout_ms: u64,
+    /// What happens when Redis is slow or down.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_prefix() -> String {
+    "locci:rl:".into()
+}
+fn fifty() -> u64 {
+    50
+}
+
+/// The fallback when the shared store cannot answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Refuse it (429).
+    Deny,
 }
 
 /// JWT authentication settings.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 pub use auth::{AuthReject, Authenticator};
 pub use cors::{Cors, CorsDecision};
-pub use rate_limit::{Decision as RateDecision, MAX_KEY_LEN, MAX_KEYS, RateLimiter, RateSettings};
+pub use rate_limit::{
+    Decision as RateDecision, MAX_KEY_LEN, MAX_KEYS, RateLimiter, RateSettings, RemoteSettings, StoreAnswer,
+};
 
 use crate::config::MiddlewaresConfig;
 use crate::request::RequestInfo;
@@ -95,10 +97,51 @@ pub fn compile(cfg: &MiddlewaresConfig, problem: &mut dyn FnMut(String, String))
 pub enum Step {
     /// A rate limiter with this route's buckets.
     RateLimit(Arc<RateLimiter>),
+    /// A rate limit whose buckets live in a shared store (Redis): the chain pauses for its answer.
+    RemoteRateLimit(Arc<RemoteLimit>),
     /// JWT verification.
     Auth(Arc<Authenticator>),
     /// CORS.
     Cors(Arc<Cors>),
+}
+
+/// A rate limit kept in a shared store, for one route.
+#[derive(Debug)]
+pub struct RemoteLimit {
+    /// The settings (with `remote` set).
+    pub settings: RateSettings,
+    /// The route, part of every bucket key so that each route has its own buckets.
+    pub route: Arc<str>,
+}
+
+impl RemoteLimit {
+    /// The store key of a request's bucket: prefix, route, bucket key.
+    pub fn store_key(&self, req: &RequestInfo<'_>) -> String {
+        let prefix = self.settings.remote.as_ref().map_or("", |r| r.key_prefix.as_str());
+        format!("{prefix}{}:{}", self.route, self.settings.bucket_key(req))
+    }
+}
+
+/// What the chain needs from the shared store before it can go on.
+#[derive(Debug)]
+pub struct Pending {
+    /// The step waiting.
+    pos: usize,
+    /// What the steps before it decided.
+    out: Outcome,
+    /// The limit to ask about.
+    pub limit: Arc<RemoteLimit>,
+    /// The bucket's key in the store.
+    pub key: String,
+}
+
+/// The shared store's reply: an answer, or nothing in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreReply {
+    /// It answered.
+    Answer(StoreAnswer),
+    /// Slow, down or broken: the limit's `on_error` applies.
+    Unavailable,
 }
 
 /// Why a middleware refused a request (metric labels).
@@ -132,36 +175,75 @@ pub struct Now {
     pub unix: Duration,
 }
 
-/// Runs `steps` in order over a request; stops at the first that answers.
-pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Outcome {
-    let mut out = Outcome::default();
-    for step in steps {
+/// Runs `steps` in order over a request; stops at the first that answers, or pauses at a shared-store
+/// rate limit (`Err`), to be continued with [`resume`] once the store has replied.
+pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Result<Outcome, Pending> {
+    run_from(steps, 0, Outcome::default(), req, now)
+}
+
+/// Continues a paused chain with the store's reply.
+pub fn resume(
+    steps: &[Step],
+    pending: Pending,
+    reply: StoreReply,
+    req: &RequestInfo<'_>,
+    now: Now,
+) -> Result<Outcome, Pending> {
+    let Pending { pos, mut out, limit, .. } = pending;
+    let decision = match reply {
+        StoreReply::Answer(answer) => limit.settings.decision(answer),
+        StoreReply::Unavailable => limit.settings.fallback(),
+    };
+    if rate_verdict(&mut out, decision, &limit.settings) {
+        return Ok(out);
+    }
+    run_from(steps, pos + 1, out, req, now)
+}
+
+/// Applies a rate-limit decision to the outcome; true when it ends the request.
+fn rate_verdict(out: &mut Outcome, decision: RateDecision, settings: &RateSettings) -> bool {
+    let headers = decision.headers(settings);
+    if decision.allowed {
+        out.response_headers.extend(headers);
+        return false;
+    }
+    let mut all = std::mem::take(&mut out.response_headers);
+    all.extend(headers);
+    out.reply = Some(Reply { status: 429, error: Some("rate limit exceeded"), headers: all });
+    out.rejection = Some(Rejection::RateLimited);
+    true
+}
+
+fn run_from(
+    steps: &[Step],
+    start: usize,
+    mut out: Outcome,
+    req: &RequestInfo<'_>,
+    now: Now,
+) -> Result<Outcome, Pending> {
+    for (pos, step) in steps.iter().enumerate().skip(start) {
         match step {
+            Step::RemoteRateLimit(limit) => {
+                let key = limit.store_key(req);
+                return Err(Pending { pos, out, limit: Arc::clone(limit), key });
+            }
             Step::Cors(cors) => match cors.decide(req) {
                 CorsDecision::NotCors => {}
                 CorsDecision::Preflight(headers) => {
                     out.reply = Some(Reply { status: 204, error: None, headers });
-                    return out;
+                    return Ok(out);
                 }
                 CorsDecision::PreflightRejected => {
                     out.reply =
                         Some(Reply { status: 403, error: Some("cors preflight rejected"), headers: Vec::new() });
                     out.rejection = Some(Rejection::Cors);
-                    return out;
+                    return Ok(out);
                 }
                 CorsDecision::Actual(headers) => out.response_headers.extend(headers),
             },
             Step::RateLimit(limiter) => {
-                let decision = limiter.check(req, now.mono);
-                let headers = decision.headers(limiter.settings());
-                if decision.allowed {
-                    out.response_headers.extend(headers);
-                } else {
-                    let mut all = std::mem::take(&mut out.response_headers);
-                    all.extend(headers);
-                    out.reply = Some(Reply { status: 429, error: Some("rate limit exceeded"), headers: all });
-                    out.rejection = Some(Rejection::RateLimited);
-                    return out;
+                if rate_verdict(&mut out, limiter.check(req, now.mono), limiter.settings()) {
+                    return Ok(out);
                 }
             }
             Step::Auth(auth) => {
@@ -175,12 +257,12 @@ pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Outcome {
                     headers.push(("www-authenticate", challenge));
                     out.reply = Some(Reply { status: 401, error: Some("unauthorized"), headers });
                     out.rejection = Some(Rejection::Auth(reason));
-                    return out;
+                    return Ok(out);
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::config::RateLimitConfig;
+use crate::config::{OnError, RateBackend, RateLimitConfig, Secret};
 use crate::request::RequestInfo;
 
 /// Most keys tracked per route.
@@ -31,6 +31,31 @@ pub struct RateSettings {
     pub key_header: Option<String>,
     /// Time to earn one token.
     pub interval: Duration,
+    /// Shared buckets in Redis instead of this process's memory.
+    pub remote: Option<RemoteSettings>,
+}
+
+/// Where and how shared buckets are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSettings {
+    /// Redis URL.
+    pub url: Secret,
+    /// Bucket key prefix.
+    pub key_prefix: String,
+    /// Longest wait for an answer.
+    pub timeout: Duration,
+    /// Fallback when the store cannot answer in time.
+    pub on_error: OnError,
+}
+
+/// The shared store's answer for one request: admitted or not, and how far the bucket's theoretical
+/// arrival time is ahead of now after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreAnswer {
+    /// Admitted.
+    pub allowed: bool,
+    /// Nanoseconds the theoretical arrival time is ahead of now.
+    pub ahead_ns: u64,
 }
 
 impl RateSettings {
@@ -49,12 +74,88 @@ impl RateSettings {
             problem(format!("{path}.key_header"), "must not be empty".into());
             ok = false;
         }
+        let remote = match (c.backend, &c.redis) {
+            (RateBackend::Memory, None) => None,
+            (RateBackend::Memory, Some(_)) => {
+                problem(format!("{path}.redis"), "is set but backend is memory (set backend: redis)".into());
+                ok = false;
+                None
+            }
+            (RateBackend::Redis, None) => {
+                problem(format!("{path}.redis"), "backend redis needs a redis section with a url".into());
+                ok = false;
+                None
+            }
+            (RateBackend::Redis, Some(r)) => {
+                let url = r.url.expose();
+                let host = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://"));
+                if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                    problem(format!("{path}.redis.url"), "must be redis://host:port[/db] or rediss://…".into());
+                    ok = false;
+                }
+                if !(1..=10_000).contains(&r.timeout_ms) {
+                    problem(format!("{path}.redis.timeout_ms"), "must be 1 to 10000".into());
+                    ok = false;
+                }
+                Some(RemoteSettings {
+                    url: r.url.clone(),
+                    key_prefix: r.key_prefix.clone(),
+                    timeout: Duration::from_millis(r.timeout_ms),
+                    on_error: r.on_error,
+                })
+            }
+        };
         ok.then(|| RateSettings {
             requests_per_minute: c.requests_per_minute,
             burst: c.burst_size.unwrap_or((c.requests_per_minute / 60).max(1)),
             key_header: c.key_header.as_ref().map(|h| h.to_ascii_lowercase()),
             interval: Duration::from_secs(60) / c.requests_per_minute.max(1),
+            remote,
         })
+    }
+
+    /// The bucket key of a request: the key header's value, else the client IP (long values hashed).
+    pub fn bucket_key(&self, req: &RequestInfo<'_>) -> String {
+        let value = self.key_header.as_deref().and_then(|h| req.headers.get(h));
+        match value {
+            Some(v) if v.len() <= MAX_KEY_LEN => format!("h:{v}"),
+            Some(v) => format!("h#{:016x}", fnv1a(v.as_bytes())),
+            None => format!("ip:{}", req.client_ip),
+        }
+    }
+
+    /// Bucket capacity in nanoseconds (burst x interval).
+    pub fn capacity_ns(&self) -> u64 {
+        self.interval.as_nanos() as u64 * u64::from(self.burst)
+    }
+
+    /// The verdict for an answer, with the same arithmetic whether the bucket is local or shared.
+    pub fn decision(&self, answer: StoreAnswer) -> Decision {
+        let t = self.interval.as_nanos() as u64;
+        let capacity = self.capacity_ns();
+        let ahead = answer.ahead_ns;
+        if answer.allowed {
+            Decision {
+                allowed: true,
+                remaining: (capacity.saturating_sub(ahead) / t.max(1)) as u32,
+                reset_secs: ceil_secs(ahead),
+                retry_after_secs: 0,
+            }
+        } else {
+            let tolerance = capacity - t;
+            Decision {
+                allowed: false,
+                remaining: 0,
+                reset_secs: ceil_secs(ahead),
+                retry_after_secs: ceil_secs(ahead.saturating_sub(tolerance)).max(1),
+            }
+        }
+    }
+
+    /// The verdict when the shared store could not answer in time.
+    pub fn fallback(&self) -> Decision {
+        let allowed = self.remote.as_ref().is_none_or(|r| r.on_error == OnError::Allow);
+        Decision { allowed, remaining: 0, reset_secs: 1, retry_after_secs: if allowed { 0 } else { 1 } }
     }
 }
 
@@ -134,36 +235,18 @@ impl RateLimiter {
     }
 
     fn key(&self, req: &RequestInfo<'_>) -> String {
-        let value = self.settings.key_header.as_deref().and_then(|h| req.headers.get(h));
-        match value {
-            Some(v) if v.len() <= MAX_KEY_LEN => format!("h:{v}"),
-            Some(v) => format!("h#{:016x}", fnv1a(v.as_bytes())),
-            None => format!("ip:{}", req.client_ip),
-        }
+        self.settings.bucket_key(req)
     }
 
     fn gcra(&self, tat: &mut u64, now_ns: u64) -> Decision {
         let t = self.settings.interval.as_nanos() as u64;
-        let capacity_ns = t * u64::from(self.settings.burst);
-        let tolerance = capacity_ns - t;
+        let tolerance = self.settings.capacity_ns() - t;
         let start = (*tat).max(now_ns);
         if start - now_ns > tolerance {
-            let wait = start - now_ns - tolerance;
-            return Decision {
-                allowed: false,
-                remaining: 0,
-                reset_secs: ceil_secs(start - now_ns),
-                retry_after_secs: ceil_secs(wait).max(1),
-            };
+            return self.settings.decision(StoreAnswer { allowed: false, ahead_ns: start - now_ns });
         }
         *tat = start + t;
-        let ahead = *tat - now_ns;
-        Decision {
-            allowed: true,
-            remaining: ((capacity_ns - ahead) / t) as u32,
-            reset_secs: ceil_secs(ahead),
-            retry_after_secs: 0,
-        }
+        self.settings.decision(StoreAnswer { allowed: true, ahead_ns: *tat - now_ns })
     }
 
     /// Removes buckets that have refilled completely (at most once a second); true when room was made.

@@ -8,7 +8,13 @@ use crate::config::{AuthConfig, CorsConfig, RateLimitConfig, Secret};
 use crate::request::HeaderPairs;
 
 fn settings(rpm: u32, burst: u32) -> RateSettings {
-    let c = RateLimitConfig { requests_per_minute: rpm, burst_size: Some(burst), key_header: Some("X-Key".into()) };
+    let c = RateLimitConfig {
+        requests_per_minute: rpm,
+        burst_size: Some(burst),
+        key_header: Some("X-Key".into()),
+        backend: Default::default(),
+        redis: None,
+    };
     RateSettings::compile(&c, "rl", &mut |p, m| panic!("{p}: {m}")).unwrap()
 }
 
@@ -56,16 +62,34 @@ fn headers_report_limit_remaining_and_reset() {
 #[test]
 fn zero_rate_and_zero_burst_are_config_errors() {
     let mut problems = Vec::new();
-    let c = RateLimitConfig { requests_per_minute: 0, burst_size: Some(0), key_header: None };
+    let c = RateLimitConfig {
+        requests_per_minute: 0,
+        burst_size: Some(0),
+        key_header: None,
+        backend: Default::default(),
+        redis: None,
+    };
     assert!(RateSettings::compile(&c, "rl", &mut |p, _| problems.push(p)).is_none());
     assert_eq!(problems, vec!["rl.requests_per_minute", "rl.burst_size"]);
 }
 
 #[test]
 fn default_burst_is_a_second_of_traffic_and_at_least_one() {
-    let c = RateLimitConfig { requests_per_minute: 600, burst_size: None, key_header: None };
+    let c = RateLimitConfig {
+        requests_per_minute: 600,
+        burst_size: None,
+        key_header: None,
+        backend: Default::default(),
+        redis: None,
+    };
     assert_eq!(RateSettings::compile(&c, "", &mut |_, _| {}).unwrap().burst, 10);
-    let c = RateLimitConfig { requests_per_minute: 30, burst_size: None, key_header: None };
+    let c = RateLimitConfig {
+        requests_per_minute: 30,
+        burst_size: None,
+        key_header: None,
+        backend: Default::default(),
+        redis: None,
+    };
     assert_eq!(RateSettings::compile(&c, "", &mut |_, _| {}).unwrap().burst, 1);
 }
 
@@ -228,11 +252,11 @@ fn the_chain_stops_at_the_first_answer_and_keeps_earlier_headers() {
     let steps = vec![Step::RateLimit(Arc::clone(&rl)), Step::Auth(Arc::new(auth()))];
     let now = Now { mono: clock.now(), unix: clock.unix_now() };
     let h = HeaderPairs(&[]);
-    let first = run(&steps, &info("GET", &h), now);
+    let first = run(&steps, &info("GET", &h), now).unwrap();
     assert_eq!(first.reply.as_ref().map(|r| r.status), Some(401));
     assert!(first.reply.unwrap().headers.iter().any(|(n, _)| *n == "ratelimit-limit"));
-    let second = run(&steps, &info("GET", &h), now);
+    let second = run(&steps, &info("GET", &h), now).unwrap();
     assert_eq!(second.reply.map(|r| r.status), Some(429));
     assert_eq!(second.rejection, Some(Rejection::RateLimited));
-    assert!(run(&[], &info("GET", &h), now).reply.is_none());
+    assert!(run(&[], &info("GET", &h), now).unwrap().reply.is_none());
 }

@@ -24,7 +24,7 @@ fn plan<'a>(rt: &'a Runtime, method: &'a str, path: &'a str, headers: &'a Header
 fn status(p: &Plan<'_>) -> u16 {
     match p {
         Plan::Respond { failure, .. } => failure.reply().status,
-        Plan::Forward { .. } => 0,
+        Plan::Forward { .. } | Plan::Remote { .. } => 0,
     }
 }
 
@@ -69,4 +69,42 @@ fn reload_keeps_unchanged_groups_and_route_buckets_and_replaces_changed_ones() {
     assert!(Arc::ptr_eq(&old.pools()[0], &new.pools()[0]), "unchanged group carried over");
     assert!(!Arc::ptr_eq(&old.pools()[1], &new.pools()[1]), "changed group rebuilt");
     assert_eq!(status(&plan(&new, "GET", "/users", &none)), 429, "the route's bucket survived the reload");
+}
+
+fn redis_runtime(on_error: &str) -> Runtime {
+    let text = format!(
+        "mode: api_gateway\nupstreams: {{ u: {{ servers: [\"10.0.0.1:80\"] }} }}\n\
+         api_gateway:\n  routes: {{ api: {{ path_pattern: \"^/\", upstream: u, middlewares: [rate_limit] }} }}\n\
+         \x20 middlewares:\n    rate_limiting: {{ requests_per_minute: 60, burst_size: 5, key_header: X-Key, backend: redis, \
+         redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"p:\", on_error: {on_error} }} }}\n"
+    );
+    runtime(&text, None)
+}
+
+#[test]
+fn a_shared_store_limit_pauses_the_plan_and_the_reply_decides() {
+    use crate::middleware::{StoreAnswer, StoreReply};
+    let clock = ManualClock::default();
+    let now = Now { mono: clock.now(), unix: clock.unix_now() };
+    let e = SeededEntropy::new(1);
+    let h = [("x-key", "tenant")];
+    let h = HeaderPairs(&h);
+    let req =
+        RequestInfo { method: "GET", path: "/x", query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers: &h };
+    for (on_error, reply, expect) in [
+        ("allow", StoreReply::Answer(StoreAnswer { allowed: true, ahead_ns: 1_000_000_000 }), 0),
+        ("allow", StoreReply::Answer(StoreAnswer { allowed: false, ahead_ns: 6_000_000_000 }), 429),
+        ("allow", StoreReply::Unavailable, 0),
+        ("deny", StoreReply::Unavailable, 429),
+    ] {
+        let rt = redis_runtime(on_error);
+        let Plan::Remote { route, pending } = rt.plan(&req, now, &e) else { panic!("expected a pause") };
+        assert_eq!(pending.key, "p:api:h:tenant", "prefix, route and bucket key");
+        let plan = rt.resume(route, pending, reply, &req, now, &e);
+        assert_eq!(status(&plan), expect, "{on_error} {reply:?}");
+        if let Plan::Respond { failure, .. } = &plan {
+            let headers = failure.reply().headers;
+            assert!(headers.iter().any(|(n, _)| *n == "retry-after"), "{headers:?}");
+        }
+    }
 }

@@ -1,0 +1,136 @@
+//! The shared rate-limit store seam, and its Redis implementation.
+//!
+//! The core decides (the verdict, the headers, the fallback); this only carries one atomic GCRA step to
+//! Redis and back, bounded by the limit's timeout. The simulator can put its own store behind the same trait.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use locci_core::middleware::{RateSettings, StoreAnswer, StoreReply};
+use redis::aio::ConnectionManager;
+
+/// One GCRA step, atomic in Redis, on Redis's own clock so that every proxy of a fleet agrees on time.
+/// KEYS[1] the bucket; ARGV[1] the emission interval and ARGV[2] the capacity, both in microseconds.
+/// Returns {admitted (1/0), microseconds the theoretical arrival time is ahead of now}. The key expires
+/// when the bucket would be full again, so idle keys disappear.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local start = math.max(tat, now)
+if start - now > capacity - interval then
+  return {0, start - now}
+end
+local new = start + interval
+redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000) + 1)
+return {1, new - now}
+";
+
+/// Where shared buckets are kept.
+#[async_trait]
+pub trait RateStore: Send + Sync + 'static {
+    /// Takes a token from bucket `key` under `settings`, within the settings' timeout.
+    async fn take(&self, key: &str, settings: &RateSettings) -> StoreReply;
+}
+
+/// Stores by URL (a config may only name one, but a reload may change it).
+pub trait RateStores: Send + Sync + 'static {
+    /// The store at `url`.
+    fn store(&self, url: &str) -> Arc<dyn RateStore>;
+}
+
+/// Production stores: one Redis connection manager per URL, created on first use.
+#[derive(Default)]
+pub struct RedisStores(Mutex<BTreeMap<String, Arc<RedisStore>>>);
+
+impl RateStores for RedisStores {
+    fn store(&self, url: &str) -> Arc<dyn RateStore> {
+        let mut stores = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let store = stores.entry(url.to_string()).or_insert_with(|| Arc::new(RedisStore::new(url)));
+        Arc::clone(store) as Arc<dyn RateStore>
+    }
+}
+
+/// One Redis server. Connecting happens in the background: a request never waits for a connect, it
+/// falls back at once while there is no connection.
+pub struct RedisStore {
+    client: Option<redis::Client>,
+    conn: Arc<ArcSwapOption<ConnectionManager>>,
+    connecting: Arc<AtomicBool>,
+    script: redis::Script,
+}
+
+/// How long a failed background connect waits before the next one may start.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+impl RedisStore {
+    fn new(url: &str) -> RedisStore {
+        let client = match redis::Client::open(url) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // The error text may echo the URL, which can hold a password: only its kind is logged.
+                tracing::error!(error_kind = ?e.kind(), "rate-limit store URL is not usable; every request falls back");
+                None
+            }
+        };
+        RedisStore {
+            client,
+            conn: Arc::new(ArcSwapOption::empty()),
+            connecting: Arc::new(AtomicBool::new(false)),
+            script: redis::Script::new(GCRA),
+        }
+    }
+
+    fn connect_in_background(&self) {
+        let Some(client) = self.client.clone() else { return };
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (conn, connecting) = (Arc::clone(&self.conn), Arc::clone(&self.connecting));
+        tokio::spawn(async move {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(1)));
+            match ConnectionManager::new_with_config(client, config).await {
+                Ok(manager) => {
+                    tracing::info!("connected to the rate-limit store");
+                    conn.store(Some(Arc::new(manager)));
+                }
+                Err(e) => {
+                    tracing::warn!(error_kind = ?e.kind(), "cannot connect to the rate-limit store");
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+            }
+            connecting.store(false, Ordering::Release);
+        });
+    }
+}
+
+#[async_trait]
+impl RateStore for RedisStore {
+    async fn take(&self, key: &str, settings: &RateSettings) -> StoreReply {
+        let Some(manager) = self.conn.load_full() else {
+            self.connect_in_background();
+            return StoreReply::Unavailable;
+        };
+        let Some(remote) = &settings.remote else { return StoreReply::Unavailable };
+        let mut conn = (*manager).clone();
+        let interval_us = settings.interval.as_micros().max(1) as u64;
+        let capacity_us = settings.capacity_ns() / 1000;
+        let mut invocation = self.script.key(key);
+        invocation.arg(interval_us).arg(capacity_us);
+        let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
+        match tokio::time::timeout(remote.timeout, call).await {
+            Ok(Ok((admitted, ahead_us))) => {
+                StoreReply::Answer(StoreAnswer { allowed: admitted == 1, ahead_ns: ahead_us.max(0) as u64 * 1000 })
+            }
+            _ => StoreReply::Unavailable,
+        }
+    }
+}

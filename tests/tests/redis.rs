@@ -1,0 +1,141 @@
+//! Cluster-wide rate limits on a real redis-server (Debian's, started by the test on a free loopback port):
+//! two proxies share one bucket, keys are independent, a dead Redis applies `on_error` at once and recovery
+//! resumes shared limiting, bad URLs are refused at load.
+// The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locci_e2e::*;
+
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start_on(addr: SocketAddr) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is missing: scripts/setup installs Debian's redis-server");
+        assert!(wait_until(WAIT, || TcpStream::connect(addr).is_ok()), "redis-server did not start");
+        Redis { child, addr }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(b: &[Backend], redis: &str, on_error: &str, rpm: u32, burst: u32) -> String {
+    format!(
+        "mode: api_gateway\nserver: {{ bind_address: \"{{BIND}}\" }}\ncontrol_api: {{ bind_address: \"{{CONTROL}}\" }}\n\
+         upstreams: {{ u: {{ servers: {} }} }}\n\
+         api_gateway:\n  routes:\n    api: {{ path_pattern: \"^/\", upstream: u, middlewares: [rate_limit] }}\n  middlewares:\n\
+         \x20   rate_limiting:\n      requests_per_minute: {rpm}\n      burst_size: {burst}\n      key_header: X-Api-Key\n\
+         \x20     backend: redis\n      redis: {{ url: \"{redis}\", timeout_ms: 50, on_error: {on_error} }}\n",
+        servers_yaml(b)
+    )
+}
+
+fn status(proxy: &Proxy, key: &str) -> u16 {
+    client().get(proxy.url("/")).header("X-Api-Key", key).send().unwrap().status().as_u16()
+}
+
+fn wait_connected(proxy: &Proxy, key: &str) {
+    // The proxy connects to Redis in the background; until then requests fall back (allowed).
+    assert!(wait_until(WAIT, || proxy.logs().contains("connected to the rate-limit store") || {
+        status(proxy, key);
+        false
+    }));
+}
+
+#[test]
+fn two_proxies_sharing_redis_admit_together_no_more_than_burst_plus_rate_for_a_key() {
+    let redis = Redis::start_on(free_addr());
+    let b = backends(1);
+    let url = format!("redis://{}", redis.addr);
+    let (a, c) = (Proxy::start(&config(&b, &url, "deny", 60, 10)), Proxy::start(&config(&b, &url, "deny", 60, 10)));
+    wait_connected(&a, "warm-a");
+    wait_connected(&c, "warm-c");
+    let started = Instant::now();
+    let mut admitted = 0;
+    for i in 0..40 {
+        let proxy = if i % 2 == 0 { &a } else { &c };
+        if status(proxy, "shared") == 200 {
+            admitted += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 10 + (elapsed * 1.0).ceil() as usize;
+    assert!(admitted >= 10, "the burst must be available: {admitted}");
+    assert!(admitted <= bound, "{admitted} admitted across both proxies in {elapsed:.2}s, bound {bound}");
+    assert_eq!(status(&a, "other-key"), 200, "keys are independent");
+    assert_eq!(status(&c, "other-key"), 200);
+}
+
+#[test]
+fn a_dead_redis_applies_on_error_at_once_and_recovery_resumes_shared_limiting() {
+    let addr = free_addr();
+    let redis = Redis::start_on(addr);
+    let b = backends(1);
+    let url = format!("redis://{addr}");
+    let allow = Proxy::start(&config(&b, &url, "allow", 60, 2));
+    let deny = Proxy::start(&config(&b, &url, "deny", 60, 2));
+    wait_connected(&allow, "warm");
+    wait_connected(&deny, "warm");
+    let statuses: Vec<u16> = (0..4).map(|_| status(&allow, "k")).collect();
+    assert_eq!(statuses, vec![200, 200, 429, 429], "shared limiting works before the fault");
+    drop(redis);
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(status(&allow, "k"), 200, "on_error: allow lets requests through");
+        assert_eq!(status(&deny, "k2"), 429, "on_error: deny refuses them");
+        assert!(started.elapsed() < Duration::from_secs(1), "the request path waited {:?}", started.elapsed());
+    }
+    let metrics = client().get(allow.control_url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("locci_ratelimit_fallback_total{on_error=\"allow\",route=\"api\"}"), "{metrics}");
+    assert!(allow.logs().contains("rate-limit store unavailable, falling back"));
+    let _back = Redis::start_on(addr);
+    // A fresh Redis has a fresh bucket: once reconnected, the third request in a row is refused again.
+    let limited_again = wait_until(WAIT, || (0..3).map(|_| status(&allow, "after")).collect::<Vec<_>>()[2] == 429);
+    assert!(limited_again, "shared limiting did not resume after Redis came back");
+}
+
+#[test]
+fn a_malformed_url_is_a_config_error_and_an_unreachable_one_falls_back() {
+    let b = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = config(&b, "http://127.0.0.1:6379", "allow", 60, 2)
+        .replace("{BIND}", "127.0.0.1:1")
+        .replace("{CONTROL}", "127.0.0.1:2");
+    std::fs::write(dir.path().join("bad.yaml"), bad).unwrap();
+    let out = run_cli(&["check", "--config", "bad.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("api_gateway.middlewares.rate_limiting.redis.url: must be redis://"), "{err}");
+    let missing =
+        config(&b, "", "allow", 60, 2).replace("      redis: { url: \"\", timeout_ms: 50, on_error: allow }\n", "");
+    std::fs::write(
+        dir.path().join("missing.yaml"),
+        missing.replace("{BIND}", "127.0.0.1:1").replace("{CONTROL}", "127.0.0.1:2"),
+    )
+    .unwrap();
+    let out = run_cli(&["check", "--config", "missing.yaml"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend redis needs a redis section"));
+    // Nothing listens there: the proxy starts, and requests fall back as configured.
+    let nowhere = format!("redis://{}", free_addr());
+    let proxy = Proxy::start(&config(&b, &nowhere, "allow", 60, 1));
+    for _ in 0..3 {
+        assert_eq!(status(&proxy, "k"), 200);
+    }
+    assert!(!proxy.logs().contains("panicked"));
+}
