@@ -104,3 +104,11 @@ sim-one scenario seed="1": sim-build
 sim-nightly seeds="200": sim-build
     {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
     {{sim_bin}} sweep scenarios/swarm-mixed.yaml --swarm --seeds {{seeds}} --jobs {{jobs}}
+
+# The runtime image locci:latest from a host release build (makes the base image first when there is none).
+image:
+    cargo build -q --release -j {{jobs}} -p locci-proxy
+    bash scripts/base-image
+    rm -rf target/image && mkdir -p target/image
+    cp {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/release/locci-proxy docker/config.yaml target/image/
+    docker build -t locci:latest -f docker/Dockerfile.runtime target/image

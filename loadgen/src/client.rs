@@ -35,23 +35,26 @@ impl Target {
     }
 }
 
-/// An open connection.
-pub struct Connection(SendRequest<Full<Bytes>>);
+/// An open connection: the request half and the connection driver, both polled by the worker's own task
+/// (no second task per connection, so no cross-task wake-up per request).
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+}
 
 async fn connect(target: &Target) -> Result<Connection, &'static str> {
     let stream = TcpStream::connect(target.addr).await.map_err(|_| "connect")?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| "connect")?;
-    tokio::spawn(conn);
-    Ok(Connection(sender))
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| "connect")?;
+    Ok(Connection { sender, driver })
 }
 
 /// Sends one request on `conn` (opening it first if needed); the status, or the kind of error.
 pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options) -> Result<u16, &'static str> {
-    if conn.as_ref().is_none_or(|c| c.0.is_closed()) {
+    if conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
         *conn = Some(connect(target).await?);
     }
-    let Some(Connection(sender)) = conn.as_mut() else { return Err("connect") };
+    let Some(Connection { sender, driver }) = conn.as_mut() else { return Err("connect") };
     let mut req = http::Request::builder()
         .method(opts.method.clone())
         .uri(target.path.as_str())
@@ -66,6 +69,14 @@ pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options
         let status = resp.status().as_u16();
         resp.into_body().collect().await.map_err(|_| "io")?;
         Ok(status)
+    };
+    let exchange = async {
+        tokio::select! {
+            biased;
+            result = exchange => result,
+            // The driver only finishes when the connection does: mid-exchange, that is a broken connection.
+            _ = driver => Err("io"),
+        }
     };
     match tokio::time::timeout(opts.timeout, exchange).await {
         Ok(Ok(status)) => Ok(status),

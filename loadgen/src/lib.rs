@@ -134,13 +134,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         workers.spawn(async move {
             let mut tally = Tally::new()?;
             let mut conn: Option<client::Connection> = None;
+            tokio::time::sleep_until(start).await;
             loop {
                 let due = match opts.pace {
-                    Pace::Closed { .. } => {
-                        let now = Instant::now().max(start);
-                        tokio::time::sleep_until(now).await;
-                        now
-                    }
+                    // No timer per request in a closed loop: the next one goes as soon as the last is in.
+                    Pace::Closed { .. } => Instant::now(),
                     Pace::Open { rate, .. } => {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let due = start + Duration::from_secs_f64(i as f64 / rate);

@@ -89,10 +89,16 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
 }
 
 fn execute(cli: &Cli, opts: Options) -> ExitCode {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(t) = cli.threads {
-        rt.worker_threads(t.max(1));
-    }
+    // One thread: a current-thread runtime, where waking another task costs no cross-thread handoff.
+    let mut rt = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(t) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(t.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match rt.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

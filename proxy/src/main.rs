@@ -50,6 +50,15 @@ enum Command {
     Check,
     /// Run the gateway on 127.0.0.1:8484 in front of three built-in demo backends.
     Demo,
+    /// Run one demo upstream server (for containers and tests): JSON echo, /health, /slow, /status/N.
+    Upstream {
+        /// Name it answers with.
+        #[arg(long, default_value = "upstream")]
+        name: String,
+        /// Where it listens.
+        #[arg(long = "listen", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => run_demo(&overrides),
+        Command::Upstream { name, listen } => run_upstream(name, *listen),
     }
 }
 
@@ -108,6 +118,34 @@ fn check(cli: &Cli, overrides: &Overrides) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_upstream(name: &str, listen: SocketAddr) -> ExitCode {
+    let backend = match Backend::start(name, listen) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("locci-proxy: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("upstream {name} listening on {}", backend.addr);
+    // Serve until SIGTERM or SIGINT (docker stop, Ctrl-C).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("locci-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    });
+    drop(backend);
+    ExitCode::SUCCESS
 }
 
 fn run_demo(overrides: &Overrides) -> ExitCode {
