@@ -67,19 +67,32 @@ pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options
         sender.ready().await.map_err(|_| "io")?;
         let resp = sender.send_request(req).await.map_err(|_| "io")?;
         let status = resp.status().as_u16();
+        // The server will close after this answer: the connection must not be reused.
+        let closing =
+            resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         resp.into_body().collect().await.map_err(|_| "io")?;
-        Ok(status)
+        Ok((status, closing))
     };
     let exchange = async {
+        tokio::pin!(exchange);
         tokio::select! {
             biased;
-            result = exchange => result,
-            // The driver only finishes when the connection does: mid-exchange, that is a broken connection.
-            _ = driver => Err("io"),
+            result = &mut exchange => result,
+            // The driver finishes when the connection does: cleanly after a `Connection: close` answer (which
+            // the exchange then reads from its buffer), or with an error, which breaks the exchange.
+            done = driver => match done {
+                Ok(()) => exchange.await,
+                Err(_) => Err("io"),
+            },
         }
     };
     match tokio::time::timeout(opts.timeout, exchange).await {
-        Ok(Ok(status)) => Ok(status),
+        Ok(Ok((status, closing))) => {
+            if closing {
+                *conn = None;
+            }
+            Ok(status)
+        }
         Ok(Err(kind)) => {
             *conn = None;
             Err(kind)

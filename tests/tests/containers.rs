@@ -111,8 +111,9 @@ impl Stack {
     }
 
     fn read_ports(&mut self) {
-        let port = |p: &str| {
-            docker_ok(&["port", &self.proxy(), p]).lines().next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+        let proxy = self.proxy();
+        let port = |p: &str| -> u16 {
+            docker_ok(&["port", &proxy, p]).lines().next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
         };
         self.proxy_port = port("8484");
         self.control_port = port("8485");
