@@ -78,7 +78,7 @@ tls-cert:
 # Start Prometheus and Grafana (needs the prom/prometheus and grafana/grafana images) for a locci on this host.
 monitor:
     printf '%s' "${LOCCI_API_KEY:-}" > monitoring/.api_key
-    docker compose -f monitoring/docker-compose.monitoring.yaml up -d
+    $(docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) -f monitoring/docker-compose.monitoring.yaml up -d
     @echo "Grafana: http://127.0.0.1:3000 (admin/admin), Prometheus: http://127.0.0.1:9090"
 
 # The simulator binary: optimised with debug assertions, --cfg tokio_unstable (seeds tokio's select!), own target dir.

@@ -197,3 +197,9 @@ proptest! {
         prop_assert_eq!(again.config, config);
     }
 }
+
+#[test]
+fn an_empty_api_key_means_no_key() {
+    let valid = load(&format!("{LB}control_api: {{ api_key: \"${{UNSET_KEY:-}}\" }}\n"), &env(&[])).unwrap();
+    assert_eq!(valid.config.control_api.api_key, None);
+}

@@ -42,7 +42,11 @@ impl ValidConfig {
 }
 
 /// Checks a parsed config and compiles it; returns every problem found.
-pub fn validate(config: Config) -> Result<ValidConfig, ConfigErrors> {
+pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
+    // `api_key: "${LOCCI_API_KEY:-}"` with the variable unset means "no key", not "the empty key".
+    if config.control_api.api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
+        config.control_api.api_key = None;
+    }
     let mut p = Problems::default();
     check_server(&config, &mut p);
     check_logging(&config, &mut p);
