@@ -102,7 +102,7 @@ async fn check_loop(pool: Weak<Pool>, shared: Arc<Shared>) {
             let prober = Arc::clone(&shared.env.prober);
             let addr = server.addr.text.clone();
             let host = server.addr.host.clone();
-            let path = if pool.spec().tls { None } else { check.path.clone() };
+            let path = check.http_path(pool.spec().tls).map(str::to_owned);
             let timeout = check.timeout;
             probes.spawn(async move {
                 let ok = match path {

@@ -42,6 +42,14 @@ pub struct ActiveCheck {
     pub thresholds: Thresholds,
 }
 
+impl ActiveCheck {
+    /// The HTTP path to probe, or `None` for a TCP connect check. Groups with TLS to their servers are
+    /// checked by TCP connect: the prober speaks plain HTTP only.
+    pub fn http_path(&self, tls: bool) -> Option<&str> {
+        if tls { None } else { self.path.as_deref() }
+    }
+}
+
 /// A group's compiled settings; two equal specs describe the same group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
