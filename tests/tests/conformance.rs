@@ -24,10 +24,10 @@ fn us(d: Duration) -> u64 {
 }
 
 /// Replaces the simulated host names and listen addresses of a scenario config with real ones.
-fn real_config(text: &str, hosts: &BTreeMap<String, Backend>) -> String {
+fn real_config(text: &str, addrs: &BTreeMap<String, std::net::SocketAddr>) -> String {
     let mut out = text.replace("\"0.0.0.0:8484\"", "\"{BIND}\"");
-    for (name, b) in hosts {
-        out = out.replace(&format!("${{{name}}}:80"), &b.addr.to_string());
+    for (name, addr) in addrs {
+        out = out.replace(&format!("${{{name}}}:80"), &addr.to_string());
     }
     out = out.replace("control_api: { enabled: false }", "control_api: { bind_address: \"{CONTROL}\" }");
     assert!(!out.contains("${") && out.contains("{CONTROL}"), "scenario config not translatable:\n{out}");
@@ -43,7 +43,7 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
         .map(|h| (h.clone(), Backend::start(&h, "127.0.0.1:0".parse().unwrap()).unwrap()))
         .collect();
     let addrs: BTreeMap<String, std::net::SocketAddr> = hosts.iter().map(|(h, b)| (h.clone(), b.addr)).collect();
-    let proxy = Proxy::start(&real_config(&scenario.proxy.config, &hosts));
+    let proxy = Proxy::start(&real_config(&scenario.proxy.config, &addrs));
     let expanded = world::expand(&scenario, 1, false);
     let plan = world::plan(&scenario, &expanded, 1);
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -145,12 +145,7 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                 hosts.insert(h.clone(), Backend::start(h, addrs[h]).unwrap());
             }
             Action::Reload(text) => {
-                let all: BTreeMap<String, Backend> = BTreeMap::new();
-                let mut cfg = text.clone();
-                for (name, addr) in &addrs {
-                    cfg = cfg.replace(&format!("${{{name}}}:80"), &addr.to_string());
-                }
-                proxy.write_config(&real_config(&cfg, &all));
+                proxy.write_config(&real_config(text, &addrs));
                 proxy.signal("HUP");
             }
             other => panic!("{other:?} is not played by the real arm"),

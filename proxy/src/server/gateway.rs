@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
+use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
 use locci_core::upstream::{InFlight, Pool};
 use locci_core::{Plan, Runtime};
@@ -45,10 +46,9 @@ impl Gateway {
     async fn plan(&self, session: &Session, ctx: &mut RequestCtx, runtime: &Arc<Runtime>, now: Now) -> Option<Reply> {
         let header = session.req_header();
         let headers = HeaderView(header);
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
-        ctx.client_ip = forwarding::client_ip(peer, headers_get(header, "x-forwarded-for"), runtime.trusted());
-        ctx.request_id =
-            forwarding::request_id(headers_get(header, "x-request-id"), &*self.shared.env.entropy).into_owned();
+        ctx.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.peer);
+        ctx.client_ip = forwarding::client_ip(ctx.peer, headers.get("x-forwarded-for"), runtime.trusted());
+        ctx.request_id = forwarding::request_id(headers.get("x-request-id"), &*self.shared.env.entropy).into_owned();
         let uri = &header.uri;
         let req = headers.request(ctx.client_ip);
         let entropy = &*self.shared.env.entropy;
@@ -108,6 +108,9 @@ pub struct RequestCtx {
     runtime: Option<Arc<Runtime>>,
     started: Option<Instant>,
     request_id: String,
+    /// The TCP peer.
+    peer: IpAddr,
+    /// The client as the core sees it (the peer, or from X-Forwarded-For behind a trusted proxy).
     client_ip: IpAddr,
     route: Option<Arc<str>>,
     group: Option<usize>,
@@ -138,6 +141,7 @@ impl ProxyHttp for Gateway {
             runtime: None,
             started: None,
             request_id: String::new(),
+            peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
             group: None,
@@ -243,7 +247,7 @@ impl ProxyHttp for Gateway {
             let uri = path.parse().map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
             upstream.set_uri(uri);
         }
-        let listed: Vec<String> = forwarding::connection_listed(headers_get(upstream, "connection"))
+        let listed: Vec<String> = forwarding::connection_listed(HeaderView(upstream).get("connection"))
             .filter(|h| {
                 !h.eq_ignore_ascii_case("upgrade")
                     && !h.eq_ignore_ascii_case("keep-alive")
@@ -254,12 +258,11 @@ impl ProxyHttp for Gateway {
         for name in STRIPPED.iter().copied().chain(listed.iter().map(String::as_str)) {
             upstream.remove_header(name);
         }
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.client_ip);
-        let xff = forwarding::forwarded_for(headers_get(upstream, "x-forwarded-for"), peer);
+        let xff = forwarding::forwarded_for(HeaderView(upstream).get("x-forwarded-for"), ctx.peer);
         upstream.insert_header("x-forwarded-for", xff)?;
         let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
         upstream.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = headers_get(upstream, "host").map(str::to_owned) {
+        if let Some(host) = HeaderView(upstream).get("host").map(str::to_owned) {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -313,27 +316,24 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let failure = ctx.failure.clone().unwrap_or_else(|| classify(e));
-        let error_code = match failure {
-            // The client is gone or sent garbage: nothing useful can be written back.
-            _ if e.esource() == &ErrorSource::Downstream
-                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) =>
-            {
-                0
+        // The client is gone: nothing useful can be written back.
+        let client_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        let error_code = if client_gone {
+            0
+        } else {
+            let reply = failure.reply();
+            if e.esource() == &ErrorSource::Upstream {
+                tracing::warn!(upstream = ctx.pool().map(|p| p.name()).unwrap_or(""),
+                    server = ctx.last_server.as_deref().unwrap_or(""), error_type = failure.kind(),
+                    error = %e, request_id = %ctx.request_id, "upstream failure");
             }
-            _ => {
-                let reply = failure.reply();
-                if e.esource() == &ErrorSource::Upstream {
-                    tracing::warn!(upstream = ctx.pool().map(|p| p.name()).unwrap_or(""),
-                        server = ctx.last_server.as_deref().unwrap_or(""), error_type = failure.kind(),
-                        error = %e, request_id = %ctx.request_id, "upstream failure");
-                }
-                // The connection is not reused after a failure: say so, so the client does not send on it.
-                session.set_keepalive(None);
-                if let Err(err) = write_reply(session, &reply, &ctx.request_id).await {
-                    tracing::debug!(error = %err, "could not send error response");
-                }
-                reply.status
+            // The connection is not reused after a failure: say so, so the client does not send on it.
+            session.set_keepalive(None);
+            if let Err(err) = write_reply(session, &reply, &ctx.request_id).await {
+                tracing::debug!(error = %err, "could not send error response");
             }
+            reply.status
         };
         ctx.failure = Some(failure);
         FailToProxy { error_code, can_reuse_downstream: false }
@@ -363,10 +363,6 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
-}
-
-fn headers_get<'h>(header: &'h RequestHeader, name: &str) -> Option<&'h str> {
-    header.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Maps a Pingora error to the failure the client is told about.

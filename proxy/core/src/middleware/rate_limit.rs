@@ -216,8 +216,7 @@ impl RateLimiter {
 
     /// Takes a token for the request's key at `now`.
     pub fn check(&self, req: &RequestInfo<'_>, now: Instant) -> Decision {
-        let key = self.key(req);
-        self.check_key(&key, now)
+        self.check_key(&self.settings.bucket_key(req), now)
     }
 
     /// Takes a token for `key` at `now`.
@@ -232,10 +231,6 @@ impl RateLimiter {
         }
         let mut tat = self.buckets.entry(key.to_string()).or_insert(0);
         self.gcra(&mut tat, now_ns)
-    }
-
-    fn key(&self, req: &RequestInfo<'_>) -> String {
-        self.settings.bucket_key(req)
     }
 
     fn gcra(&self, tat: &mut u64, now_ns: u64) -> Decision {
