@@ -1,6 +1,7 @@
 //! One keep-alive HTTP/1.1 connection on hyper, reopened when it breaks.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -8,14 +9,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::Options;
 
-/// Where requests go.
+/// Where requests go, and the parts of every request that never change, built once.
 pub struct Target {
     addr: SocketAddr,
-    authority: String,
-    path: String,
+    uri: http::Uri,
+    headers: http::HeaderMap,
 }
 
 impl Target {
@@ -30,8 +32,18 @@ impl Target {
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
-        let path = opts.url.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        Ok(Arc::new(Target { addr, authority, path }))
+        let uri: http::Uri = opts.url.path_and_query().map_or("/", |p| p.as_str()).parse()?;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, authority.parse()?);
+        for (name, value) in &opts.headers {
+            // A Host given with -H replaces the URL's; other names may repeat.
+            if name == http::header::HOST {
+                headers.insert(name, value.clone());
+            } else {
+                headers.append(name, value.clone());
+            }
+        }
+        Ok(Arc::new(Target { addr, uri, headers }))
     }
 }
 
@@ -49,20 +61,46 @@ async fn connect(target: &Target) -> Result<Connection, &'static str> {
     Ok(Connection { sender, driver })
 }
 
+/// A worker's request timeout: one timer that stays armed and is moved on only when it fires before the
+/// current request's deadline, instead of a timer armed and cancelled for every request.
+pub struct Timer {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Timer {
+    /// A timer that first fires after `timeout`.
+    pub fn new(timeout: std::time::Duration) -> Timer {
+        Timer { sleep: Box::pin(tokio::time::sleep(timeout)) }
+    }
+
+    /// Resolves once `deadline` has passed.
+    async fn expired(&mut self, deadline: Instant) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 /// Sends one request on `conn` (opening it first if needed); the status, or the kind of error.
-pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options) -> Result<u16, &'static str> {
+pub async fn send(
+    target: &Target,
+    conn: &mut Option<Connection>,
+    timer: &mut Timer,
+    opts: &Options,
+) -> Result<u16, &'static str> {
+    let deadline = Instant::now() + opts.timeout;
     if conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
         *conn = Some(connect(target).await?);
     }
     let Some(Connection { sender, driver }) = conn.as_mut() else { return Err("connect") };
-    let mut req = http::Request::builder()
-        .method(opts.method.clone())
-        .uri(target.path.as_str())
-        .header(http::header::HOST, target.authority.as_str());
-    for (name, value) in &opts.headers {
-        req = req.header(name, value);
-    }
-    let req = req.body(Full::new(opts.body.clone())).map_err(|_| "request")?;
+    let mut req = http::Request::new(Full::new(opts.body.clone()));
+    *req.method_mut() = opts.method.clone();
+    *req.uri_mut() = target.uri.clone();
+    *req.headers_mut() = target.headers.clone();
     let exchange = async {
         sender.ready().await.map_err(|_| "io")?;
         let resp = sender.send_request(req).await.map_err(|_| "io")?;
@@ -70,7 +108,11 @@ pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options
         // The server will close after this answer: the connection must not be reused.
         let closing =
             resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        resp.into_body().collect().await.map_err(|_| "io")?;
+        // Read the body through and drop it frame by frame: nothing is kept, so nothing is gathered.
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| "io")?;
+        }
         Ok((status, closing))
     };
     let exchange = async {
@@ -86,20 +128,21 @@ pub async fn send(target: &Target, conn: &mut Option<Connection>, opts: &Options
             },
         }
     };
-    match tokio::time::timeout(opts.timeout, exchange).await {
-        Ok(Ok((status, closing))) => {
+    let outcome = tokio::select! {
+        biased;
+        result = exchange => result,
+        () = timer.expired(deadline) => Err("timeout"),
+    };
+    match outcome {
+        Ok((status, closing)) => {
             if closing {
                 *conn = None;
             }
             Ok(status)
         }
-        Ok(Err(kind)) => {
+        Err(kind) => {
             *conn = None;
             Err(kind)
-        }
-        Err(_) => {
-            *conn = None;
-            Err("timeout")
         }
     }
 }

@@ -94,6 +94,20 @@ impl Tally {
     }
 }
 
+/// Waits for an open-loop request's slot and returns the instant its latency counts from.
+///
+/// A slot that came due while this connection was still busy counts from when it was due: that wait is the
+/// server's doing, and charging it is what makes the open loop coordinated-omission correct. A slot this
+/// connection was idle for counts from when the timer woke it: tokio's timer rounds up to the next
+/// millisecond, and that lateness is the generator's, not the server's.
+async fn open_loop_start(due: Instant) -> Instant {
+    if Instant::now() >= due {
+        return due;
+    }
+    tokio::time::sleep_until(due).await;
+    Instant::now()
+}
+
 /// Runs the load and returns the report.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let target = client::Target::resolve(&opts).await?;
@@ -134,23 +148,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         workers.spawn(async move {
             let mut tally = Tally::new()?;
             let mut conn: Option<client::Connection> = None;
+            let mut timer = client::Timer::new(opts.timeout);
             tokio::time::sleep_until(start).await;
             loop {
-                let due = match opts.pace {
+                let (due, sent) = match opts.pace {
                     // No timer per request in a closed loop: the next one goes as soon as the last is in.
-                    Pace::Closed { .. } => Instant::now(),
+                    Pace::Closed { .. } => {
+                        let now = Instant::now();
+                        (now, now)
+                    }
                     Pace::Open { rate, .. } => {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let due = start + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(due).await;
-                        due
+                        (due, open_loop_start(due).await)
                     }
                 };
                 if due >= end {
                     break;
                 }
-                let outcome = client::send(&target, &mut conn, &opts).await;
-                let latency = Instant::now().saturating_duration_since(due);
+                let outcome = client::send(&target, &mut conn, &mut timer, &opts).await;
+                let latency = Instant::now().saturating_duration_since(sent);
                 done.fetch_add(1, Ordering::Relaxed);
                 if due < measure_from {
                     continue;

@@ -66,6 +66,34 @@ fn open_loop_latency_counts_the_time_a_stalled_server_made_requests_wait() {
 }
 
 #[test]
+fn a_request_past_its_timeout_is_counted_as_a_timeout_and_the_run_goes_on() {
+    // Every answer takes 1 s and the timeout is 150 ms: each request is given up and counted as a timeout,
+    // on a fresh connection each time, and the run still sends all that were scheduled.
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}/slow?ms=1000", b.addr);
+    let (status, _, r) =
+        loadgen(&[&url, "--rate", "10", "--connections", "2", "--duration", "1s", "--timeout", "150ms"]);
+    assert!(status.success());
+    assert_eq!(r["requests"].as_u64(), Some(10), "{r}");
+    assert_eq!(r["errors"]["timeout"].as_u64(), Some(10), "{r}");
+}
+
+#[test]
+fn a_fast_request_after_a_long_quiet_spell_is_not_timed_out() {
+    // The timer is moved on only when it fires; a request that starts long after the previous one must get
+    // its whole timeout, not what was left of an older deadline. Two requests per connection, 1.5 s apart,
+    // with a 1 s timeout: both answered.
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}/slow?ms=300", b.addr);
+    let (status, _, r) =
+        loadgen(&[&url, "--rate", "0.66", "--connections", "1", "--duration", "3s", "--timeout", "1s"]);
+    assert!(status.success());
+    assert_eq!(r["errors"].as_object().map(|e| e.len()), Some(0), "{r}");
+    assert_eq!(r["status"]["200"].as_u64(), r["requests"].as_u64(), "{r}");
+    assert!(r["requests"].as_u64().unwrap() >= 2, "{r}");
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
         .args(["https://example.invalid/", "--duration", "1s"])
