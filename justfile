@@ -57,7 +57,7 @@ bench-gate: bench
 bench-baseline:
     python3 benches/scripts/gate.py --update
 
-# locci, nginx and HAProxy side by side on loopback (installs nginx-light and haproxy when missing).
+# locci, nginx, HAProxy and bare Pingora side by side on loopback (installs nginx-light and haproxy when missing).
 bench-peers:
     bash benches/scripts/peers.sh
 

@@ -20,15 +20,19 @@ CONF
 taskset -c 0 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" & NPID=$!
 trap 'kill $NPID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
+run_wrk() { taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$P/" | awk '/Requests\/sec/ {print $2}' > "$OUT/wrk-$1"; }
+run_lg() { taskset -c 1 "$TARGET/release/locci-loadgen" "http://127.0.0.1:$P/" --threads 1 --concurrency "$CONNECTIONS" \
+  --duration "${DURATION}s" --json "$OUT/lg-$1.json" > /dev/null 2>&1; }
+# The two take turns going first, so neither always runs on the heels of the other.
 for r in $(seq "$ROUNDS"); do
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$P/" | awk '/Requests\/sec/ {print $2}' > "$OUT/wrk-$r"
-  taskset -c 1 "$TARGET/release/locci-loadgen" "http://127.0.0.1:$P/" --threads 1 --concurrency "$CONNECTIONS" \
-    --duration "${DURATION}s" --json "$OUT/lg-$r.json" > /dev/null 2>&1
+  if [ $((r % 2)) -eq 1 ]; then run_wrk "$r"; run_lg "$r"; else run_lg "$r"; run_wrk "$r"; fi
 done
 python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, n = sys.argv[1], int(sys.argv[2])
 wrk = statistics.median(float(open(f"{out}/wrk-{r}").read()) for r in range(1, n + 1))
 lg = statistics.median(json.load(open(f"{out}/lg-{r}.json"))["throughput_rps"] for r in range(1, n + 1))
-print(f"wrk {wrk:.0f} req/s   locci-loadgen {lg:.0f} req/s   ratio {lg / wrk:.2f} (target >= 0.90)")
+for r in range(1, n + 1):
+    print(f"round {r}: wrk {float(open(f'{out}/wrk-{r}').read()):.0f}  locci-loadgen {json.load(open(f'{out}/lg-{r}.json'))['throughput_rps']:.0f}")
+print(f"median: wrk {wrk:.0f} req/s   locci-loadgen {lg:.0f} req/s   ratio {lg / wrk:.2f} (target >= 0.90)")
 PY

@@ -4,6 +4,12 @@
 # measured with locci-loadgen in interleaved rounds. Prints requests/s, p50, p99 and RSS for each, and each
 # as a ratio to nginx. On 2 cores: the proxy under test runs on CPU 0, upstream and load generator on CPU 1.
 #
+# Same work per request: nginx and HAProxy are configured to add what locci always adds (X-Forwarded-For,
+# -Proto and -Host and an X-Request-Id to the upstream, the X-Request-Id back to the client).
+# A fourth row, "pingora", is bare Pingora (benches/src/bin/bare-pingora.rs: round robin and nothing else, one
+# worker, the same allocator): the floor under locci, so the table shows which part of a gap to nginx is
+# Pingora's and which is locci's.
+#
 # Knobs (environment): ROUNDS (3), DURATION (10s), WARMUP (2s), CONCURRENCY (32), OUT (target/bench-peers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,12 +25,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx); HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-cargo build -q --release -p locci-proxy -p locci-loadgen
-LOCCI=$TARGET/release/locci-proxy; LOADGEN=$TARGET/release/locci-loadgen
+cargo build -q --release -p locci-proxy -p locci-loadgen -p locci-benches --bin locci-proxy --bin locci-loadgen --bin bare-pingora
+LOCCI=$TARGET/release/locci-proxy; LOADGEN=$TARGET/release/locci-loadgen; BARE=$TARGET/release/bare-pingora
 
 rm -rf "$OUT"; mkdir -p "$OUT"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-U1=$(port); U2=$(port); U3=$(port); PN=$(port); PH=$(port); PL=$(port)
+U1=$(port); U2=$(port); U3=$(port); PN=$(port); PH=$(port); PL=$(port); PB=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -42,7 +48,10 @@ worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   upstream app { server 127.0.0.1:$U1; server 127.0.0.1:$U2; server 127.0.0.1:$U3; keepalive 64; }
-  server { listen 127.0.0.1:$PN; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+  server { listen 127.0.0.1:$PN; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Request-Id \$request_id;
+    add_header X-Request-Id \$request_id; } } }
 CONF
 cat > "$OUT/haproxy.cfg" <<CONF
 global
@@ -55,6 +64,12 @@ defaults
   http-reuse always
 frontend f
   bind 127.0.0.1:$PH
+  option forwardfor
+  unique-id-format %[uuid()]
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Request-Id %[unique-id]
+  http-response set-header X-Request-Id %[unique-id]
   default_backend app
 backend app
   balance roundrobin
@@ -76,17 +91,18 @@ taskset -c 1 "$NGINX" -c "$OUT/upstream.conf" -p "$OUT" & pids+=($!)
 taskset -c 0 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" & pids+=($!); NGINX_PID=$!
 taskset -c 0 "$HAPROXY" -f "$OUT/haproxy.cfg" & pids+=($!); HA_PID=$!
 taskset -c 0 "$LOCCI" --config "$OUT/locci.yaml" > "$OUT/locci.log" 2>&1 & pids+=($!); LOCCI_PID=$!
-for p in $U1 $U2 $U3 $PN $PH $PL; do
+taskset -c 0 "$BARE" "127.0.0.1:$PB" "127.0.0.1:$U1" "127.0.0.1:$U2" "127.0.0.1:$U3" > "$OUT/bare.log" 2>&1 & pids+=($!); BARE_PID=$!
+for p in $U1 $U2 $U3 $PN $PH $PL $PB; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
 # RSS of a process and its children, in KiB.
 rss() { local total=0; for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $total; }
 
-declare -A PORT=([nginx]=$PN [haproxy]=$PH [locci]=$PL)
-declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HA_PID [locci]=$LOCCI_PID)
+declare -A PORT=([nginx]=$PN [haproxy]=$PH [locci]=$PL [pingora]=$PB)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HA_PID [locci]=$LOCCI_PID [pingora]=$BARE_PID)
 for round in $(seq "$ROUNDS"); do
-  for name in nginx haproxy locci; do
+  for name in nginx haproxy locci pingora; do
     taskset -c 1 "$LOADGEN" "http://127.0.0.1:${PORT[$name]}/" --concurrency "$CONCURRENCY" --threads 1 \
       --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/$name-$round.json" > /dev/null 2>&1
     echo "$(rss "${PID[$name]}")" > "$OUT/$name-$round.rss"
@@ -98,7 +114,7 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 rows = {}
-for name in ["nginx", "haproxy", "locci"]:
+for name in ["nginx", "haproxy", "locci", "pingora"]:
     rs = [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1, rounds + 1)]
     rss = [int(open(f"{out}/{name}-{r}.rss").read()) for r in range(1, rounds + 1)]
     bad = sum(sum(r["errors"].values()) + sum(v for k, v in r["status"].items() if k != "200") for r in rs)
