@@ -3,10 +3,11 @@
 
 Each core bench fails the gate when its median is more than THRESHOLD above the baseline (default 0.30:
 these are nanosecond benches on a shared 2-core machine). The whole-request bench is gated on the ratio
-through_locci / direct measured in the same run, so machine speed cancels out. `--update` rewrites the
-baseline from the latest run instead.
+through_locci / direct measured in the same run, so machine speed cancels out. A bench over its limit is
+measured once more on its own before the gate fails: one slow sample among many benches run back to back on a
+shared machine is noise, a regression shows again. `--update` rewrites the baseline from the latest run instead.
 """
-import json, os, sys, pathlib
+import json, os, re, subprocess, sys, pathlib
 
 target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", "target"))
 crit = target / "criterion"
@@ -36,6 +37,27 @@ if "--update" in sys.argv:
     sys.exit(0)
 
 baseline = json.loads(baseline_file.read_text())
+
+
+def limit_of(name, base):
+    return base * (1 + (ratio_threshold if name == "request/ratio" else threshold))
+
+
+def remeasure(name):
+    """Runs one bench again on its own and returns its new median (the ratio for request/ratio)."""
+    bench, pattern = ("request", "^request/") if name.startswith("request/") else ("core", "^" + re.escape(name) + "$")
+    subprocess.run(["cargo", "bench", "-q", "-p", "locci-benches", "--bench", bench, "--", "--warm-up-time", "1",
+                    "--measurement-time", "3", pattern], check=True, stdout=subprocess.DEVNULL)
+    if name == "request/ratio":
+        return median(crit / "request" / "through_locci") / median(crit / "request" / "direct")
+    return median(crit / name)
+
+
+for name, base in sorted(baseline.items()):
+    if name in current and name not in ("request/direct", "request/through_locci") and current[name] > limit_of(name, base):
+        print(f"{name}: {current[name]:.4g} over its limit {limit_of(name, base):.4g}; measuring it again on its own")
+        current[name] = remeasure(name)
+
 failed = []
 for name, base in sorted(baseline.items()):
     if name not in current:
@@ -45,7 +67,7 @@ for name, base in sorted(baseline.items()):
     if name in ("request/direct", "request/through_locci"):
         verdict = "info"  # absolute network latency: reported, gated through the ratio
     else:
-        limit = base * (1 + (ratio_threshold if name == "request/ratio" else threshold))
+        limit = limit_of(name, base)
         verdict = "ok" if now <= limit else "REGRESSION"
         if verdict != "ok":
             failed.append(f"{name}: {now:.4g} > {limit:.4g}")
