@@ -44,14 +44,14 @@ impl ProxyHttp for Bare {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed: Result<Vec<SocketAddr>, _> = args.iter().map(|a| a.parse::<SocketAddr>()).collect();
-    let Some((listen, servers)) = parsed.ok().and_then(|all| all.split_first().map(|(l, s)| (*l, s.to_vec()))) else {
+    let Some((listen, servers)) = parsed
+        .ok()
+        .and_then(|all| all.split_first().map(|(l, s)| (*l, s.to_vec())))
+        .filter(|(_, servers)| !servers.is_empty())
+    else {
         eprintln!("usage: bare-pingora LISTEN UPSTREAM... (socket addresses)");
         return ExitCode::FAILURE;
     };
-    if servers.is_empty() {
-        eprintln!("usage: bare-pingora LISTEN UPSTREAM... (socket addresses)");
-        return ExitCode::FAILURE;
-    }
     // A bench tool: SIGTERM stops it at once instead of after Pingora's default grace period.
     let conf = ServerConf {
         threads: 1,
