@@ -8,6 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use locci_loadgen::{Options, Pace};
 
+// mimalloc: hyper allocates a few small blocks per request (request and response header maps, the body
+// channel), and the generator must not be the bottleneck (GUIDE §10).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "locci-loadgen", version, about = "HTTP/1.1 load generator (closed or open loop, HDR latency)")]
 struct Cli {
