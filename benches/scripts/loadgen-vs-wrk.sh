@@ -4,7 +4,7 @@
 # ratio. Target: locci-loadgen reaches at least 90% of wrk.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}; CONNECTIONS=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-8}; DURATION=${DURATION:-5}; CONNECTIONS=${CONNECTIONS:-32}
 TARGET=${CARGO_TARGET_DIR:-target}; OUT=$TARGET/bench-loadgen
 command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx-light >/dev/null; }

@@ -98,41 +98,44 @@ pub async fn send(
     // The timeout covers the exchange, as it always has; the connect is outside it.
     let deadline = Instant::now() + opts.timeout;
     let Some(Connection { sender, driver }) = conn.as_mut() else { return Err("connect") };
-    let mut req = http::Request::new(Full::new(opts.body.clone()));
-    *req.method_mut() = opts.method.clone();
-    *req.uri_mut() = target.uri.clone();
-    *req.headers_mut() = target.headers.clone();
-    let exchange = async {
-        sender.ready().await.map_err(|_| "io")?;
-        let resp = sender.send_request(req).await.map_err(|_| "io")?;
-        let status = resp.status().as_u16();
-        // The server will close after this answer: the connection must not be reused.
-        let closing =
-            resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        // Read the body through and drop it frame by frame: nothing is kept, so nothing is gathered.
-        let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
-            frame.map_err(|_| "io")?;
-        }
-        Ok((status, closing))
-    };
-    let exchange = async {
+    let outcome = {
+        let exchange = async {
+            let mut req = http::Request::new(Full::new(opts.body.clone()));
+            *req.method_mut() = opts.method.clone();
+            *req.uri_mut() = target.uri.clone();
+            *req.headers_mut() = target.headers.clone();
+            sender.ready().await.map_err(|_| "io")?;
+            let resp = sender.send_request(req).await.map_err(|_| "io")?;
+            let status = resp.status().as_u16();
+            // The server will close after this answer: the connection must not be reused.
+            let closing = resp
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            // Read the body through and drop it frame by frame: nothing is kept, so nothing is gathered.
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame.map_err(|_| "io")?;
+            }
+            Ok((status, closing))
+        };
+        // One select over the exchange, the connection driver and the timeout, polled in place: the futures are
+        // not moved from one wrapper into the next on every request.
         tokio::pin!(exchange);
-        tokio::select! {
-            biased;
-            result = &mut exchange => result,
-            // The driver finishes when the connection does: cleanly after a `Connection: close` answer (which
-            // the exchange then reads from its buffer), or with an error, which breaks the exchange.
-            done = driver => match done {
-                Ok(()) => exchange.await,
-                Err(_) => Err("io"),
-            },
+        let mut driver_done = false;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut exchange => break result,
+                // The driver finishes when the connection does: cleanly after a `Connection: close` answer (which
+                // the exchange then reads from its buffer), or with an error, which breaks the exchange.
+                done = &mut *driver, if !driver_done => match done {
+                    Ok(()) => driver_done = true,
+                    Err(_) => break Err("io"),
+                },
+                () = timer.expired(deadline) => break Err("timeout"),
+            }
         }
-    };
-    let outcome = tokio::select! {
-        biased;
-        result = exchange => result,
-        () = timer.expired(deadline) => Err("timeout"),
     };
     match outcome {
         Ok((status, closing)) => {

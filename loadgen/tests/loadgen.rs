@@ -117,3 +117,71 @@ fn an_unreachable_server_is_counted_as_connect_errors() {
     assert!(status.success());
     assert_eq!(r["errors"]["connect"].as_u64(), r["requests"].as_u64(), "{r}");
 }
+
+/// A server that answers each connection's first request with `Connection: close` and hangs up, counting
+/// the connections it served; stops when dropped.
+struct ClosingServer {
+    addr: std::net::SocketAddr,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClosingServer {
+    fn start() -> ClosingServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (served.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").is_ok() {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        ClosingServer { addr, served, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ClosingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_server_that_closes_after_each_answer_is_reconnected_to_without_errors() {
+    // `Connection: close` on every answer: each request is answered on its own connection, and none is
+    // sent on a connection the server has already closed (which would show as an io error).
+    let server = ClosingServer::start();
+    let url = format!("http://{}/", server.addr);
+    let (status, _, r) = loadgen(&[&url, "--concurrency", "2", "--duration", "1s"]);
+    assert!(status.success());
+    let requests = r["requests"].as_u64().unwrap();
+    assert!(requests >= 20, "{r}");
+    assert_eq!(r["errors"].as_object().map(|e| e.len()), Some(0), "{r}");
+    assert_eq!(r["status"]["200"].as_u64(), Some(requests), "{r}");
+    assert!(server.served.load(std::sync::atomic::Ordering::Relaxed) >= requests, "one connection per answer");
+}
