@@ -25,6 +25,12 @@ pub const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Most connections one run may open.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
+/// Highest open-loop rate, per second (far beyond what one machine can send; it bounds the slot arithmetic).
+pub const MAX_RATE: f64 = 1e9;
+
+/// Longest `--duration` or `--warmup`.
+pub const MAX_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// How requests are paced.
 #[derive(Debug, Clone, Copy)]
 pub enum Pace {
@@ -110,8 +116,35 @@ async fn open_loop_start(due: Instant) -> Instant {
     Instant::now()
 }
 
+/// When open-loop slot `i` is due.
+fn slot_due(start: Instant, i: u64, rate: f64) -> Instant {
+    start + Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// The first open-loop slot due at or after `t` (`rate` and the span are bounded by [`MAX_RATE`] and
+/// [`MAX_SPAN`], so the index fits easily).
+fn first_slot_at(start: Instant, t: Instant, rate: f64) -> u64 {
+    let mut i = (t.saturating_duration_since(start).as_secs_f64() * rate).ceil() as u64;
+    // The float product can land a slot either side of what `slot_due` says; agree with it exactly.
+    while i > 0 && slot_due(start, i - 1, rate) >= t {
+        i -= 1;
+    }
+    while slot_due(start, i, rate) < t {
+        i += 1;
+    }
+    i
+}
+
 /// Runs the load and returns the report.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    if opts.duration > MAX_SPAN || opts.warmup > MAX_SPAN {
+        anyhow::bail!("--duration and --warmup are at most 366 days each");
+    }
+    if let Pace::Open { rate, .. } = opts.pace
+        && !(rate > 0.0 && rate <= MAX_RATE)
+    {
+        anyhow::bail!("--rate must be above 0 and at most {MAX_RATE:e} per second");
+    }
     let target = client::Target::resolve(&opts).await?;
     let connections = match opts.pace {
         Pace::Closed { concurrency } => concurrency,
@@ -121,6 +154,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;
+    // Open loop: slots [0, measured) fall in the warm-up, [measured, slots_end) in the measured window.
+    let (measured, slots_end) = match opts.pace {
+        Pace::Open { rate, .. } => (first_slot_at(start, measure_from, rate), first_slot_at(start, end, rate)),
+        Pace::Closed { .. } => (0, 0),
+    };
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -161,7 +199,22 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     }
                     Pace::Open { rate, .. } => {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        if i >= slots_end {
+                            break;
+                        }
+                        if Instant::now() >= end {
+                            // The run is over and slots due inside it were never sent (every connection was
+                            // busy, or the rate is beyond reach): count them, so the report shows the shortfall
+                            // instead of omitting it, and stop on time instead of sending them afterwards.
+                            let rest = next.swap(slots_end, Ordering::Relaxed).max(i + 1);
+                            let unsent = u64::from(i >= measured) + slots_end.saturating_sub(rest.max(measured));
+                            if unsent > 0 {
+                                failed.fetch_add(unsent, Ordering::Relaxed);
+                                *tally.errors.entry("unsent").or_default() += unsent;
+                            }
+                            break;
+                        }
+                        let due = slot_due(start, i, rate);
                         (due, open_loop_start(due).await)
                     }
                 };

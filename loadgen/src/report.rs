@@ -44,7 +44,7 @@ pub struct Report {
     pub throughput_rps: f64,
     /// Answers by status code.
     pub status: BTreeMap<u16, u64>,
-    /// Failures by kind: connect, io, timeout, request.
+    /// Failures by kind: connect, io, timeout, unsent (open loop: due inside the run, never sent).
     pub errors: BTreeMap<&'static str, u64>,
     /// Latency of answered requests (open loop: from the intended send time).
     pub latency_us: Latency,

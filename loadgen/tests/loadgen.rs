@@ -56,13 +56,53 @@ fn open_loop_sends_exactly_the_scheduled_requests() {
 fn open_loop_latency_counts_the_time_a_stalled_server_made_requests_wait() {
     // One connection, 20 requests due per second, each answered after 100 ms: the schedule falls further
     // behind with every request. Measured from the intended send time (coordinated omission corrected),
-    // the tail is several times the 100 ms service time; a closed-loop view would report ~100 ms.
+    // the tail is several times the 100 ms service time; a closed-loop view would report ~100 ms. The run
+    // ends on time, and the slots it never reached are counted as unsent, not left out.
     let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}/slow?ms=100", b.addr);
-    let (status, _, r) = loadgen(&[&url, "--rate", "20", "--connections", "1", "--duration", "1s"]);
+    let (status, _, r) = loadgen(&[&url, "--rate", "20", "--connections", "1", "--duration", "2s"]);
     assert!(status.success());
     let p99 = r["latency_us"]["p99"].as_u64().unwrap();
     assert!(p99 > 500_000, "p99 {p99} us hides the queueing: {r}");
+    assert_eq!(r["requests"].as_u64(), Some(40), "every scheduled slot is accounted for: {r}");
+    let answered = r["status"]["200"].as_u64().unwrap();
+    assert!((5..=21).contains(&answered), "about one answer per 100 ms of the run: {r}");
+    assert_eq!(r["errors"]["unsent"].as_u64(), Some(40 - answered), "{r}");
+}
+
+#[test]
+fn a_rate_beyond_reach_ends_on_time_and_counts_what_was_not_sent() {
+    // A billion requests due in one second over one connection: the run must still end after about a
+    // second (not after sending every slot late), with the slots it never reached counted as unsent.
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}/", b.addr);
+    let json = tempfile_dir().join("beyond.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
+        .args([&url, "--rate", "1e9", "--connections", "2", "--duration", "1s", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..300 {
+        exited = child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the run did not end within 30 s of a 1 s duration");
+    }
+    assert!(exited.unwrap().success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["requests"].as_u64(), Some(1_000_000_000), "{r}");
+    let answered = r["status"]["200"].as_u64().unwrap();
+    assert!(answered > 0, "{r}");
+    assert_eq!(r["errors"]["unsent"].as_u64(), Some(1_000_000_000 - answered), "{r}");
 }
 
 #[test]
@@ -107,6 +147,23 @@ fn bad_input_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not 'Name: value'"));
+    for (args, message) in [
+        (&["--rate", "1e300"][..], "--rate must be above 0 and at most"),
+        (&["--rate", "0"][..], "--rate must be above 0"),
+        (&["--duration", "1000years"][..], "at most 366 days"),
+        (&["--concurrency", "0"][..], "must be from 1 to 10000"),
+        (&["--rate", "5", "--connections", "20000"][..], "must be from 1 to 10000"),
+        (&["--threads", "0"][..], "--threads must be at least 1"),
+    ] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_locci-loadgen")).arg("http://127.0.0.1:1/").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
