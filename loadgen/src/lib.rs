@@ -48,6 +48,16 @@ pub enum Pace {
     },
 }
 
+impl Pace {
+    /// The connections this pacing uses.
+    pub fn connections(&self) -> usize {
+        match *self {
+            Pace::Closed { concurrency } => concurrency,
+            Pace::Open { connections, .. } => connections,
+        }
+    }
+}
+
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -69,6 +79,24 @@ pub struct Options {
     pub timeout: Duration,
     /// Print a progress line every second.
     pub progress: bool,
+}
+
+impl Options {
+    /// Refuses values outside what a run can honour, instead of adjusting them.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.duration > MAX_SPAN || self.warmup > MAX_SPAN {
+            anyhow::bail!("--duration and --warmup are at most 366 days each");
+        }
+        if let Pace::Open { rate, .. } = self.pace
+            && !(rate > 0.0 && rate <= MAX_RATE)
+        {
+            anyhow::bail!("--rate must be above 0 and at most {MAX_RATE:e} per second");
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.pace.connections()) {
+            anyhow::bail!("--concurrency and --connections must be from 1 to {MAX_CONNECTIONS}");
+        }
+        Ok(())
+    }
 }
 
 /// What one connection recorded.
@@ -137,20 +165,9 @@ fn first_slot_at(start: Instant, t: Instant, rate: f64) -> u64 {
 
 /// Runs the load and returns the report.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    if opts.duration > MAX_SPAN || opts.warmup > MAX_SPAN {
-        anyhow::bail!("--duration and --warmup are at most 366 days each");
-    }
-    if let Pace::Open { rate, .. } = opts.pace
-        && !(rate > 0.0 && rate <= MAX_RATE)
-    {
-        anyhow::bail!("--rate must be above 0 and at most {MAX_RATE:e} per second");
-    }
+    opts.check()?;
     let target = client::Target::resolve(&opts).await?;
-    let connections = match opts.pace {
-        Pace::Closed { concurrency } => concurrency,
-        Pace::Open { connections, .. } => connections,
-    }
-    .clamp(1, MAX_CONNECTIONS);
+    let connections = opts.pace.connections();
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;

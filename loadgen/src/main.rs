@@ -67,22 +67,9 @@ fn main() -> ExitCode {
 fn options(cli: &Cli) -> anyhow::Result<Options> {
     let url: http::Uri = cli.url.parse().map_err(|e| anyhow::anyhow!("bad URL {:?}: {e}", cli.url))?;
     let pace = match (cli.rate, cli.concurrency) {
-        (Some(rate), _) if !(rate > 0.0 && rate <= locci_loadgen::MAX_RATE) => {
-            anyhow::bail!("--rate must be above 0 and at most {:e} per second", locci_loadgen::MAX_RATE)
-        }
         (Some(rate), _) => Pace::Open { rate, connections: cli.connections },
         (None, c) => Pace::Closed { concurrency: c.unwrap_or(16) },
     };
-    if cli.duration > locci_loadgen::MAX_SPAN || cli.warmup > locci_loadgen::MAX_SPAN {
-        anyhow::bail!("--duration and --warmup are at most 366 days each");
-    }
-    let connections = match pace {
-        Pace::Closed { concurrency } => concurrency,
-        Pace::Open { connections, .. } => connections,
-    };
-    if !(1..=locci_loadgen::MAX_CONNECTIONS).contains(&connections) {
-        anyhow::bail!("--concurrency and --connections must be from 1 to {}", locci_loadgen::MAX_CONNECTIONS);
-    }
     if cli.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
@@ -95,7 +82,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?.into(),
         None => bytes::Bytes::new(),
     };
-    Ok(Options {
+    let opts = Options {
         url,
         pace,
         duration: cli.duration,
@@ -105,7 +92,9 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         body,
         timeout: cli.timeout,
         progress: true,
-    })
+    };
+    opts.check()?;
+    Ok(opts)
 }
 
 fn execute(cli: &Cli, opts: Options) -> ExitCode {
