@@ -118,6 +118,14 @@ impl Tally {
         })
     }
 
+    /// Counts `n` failures of one kind, here and in the run-wide count the progress line shows.
+    fn fail(&mut self, kind: &'static str, n: u64, failed: &AtomicU64) {
+        if n > 0 {
+            failed.fetch_add(n, Ordering::Relaxed);
+            *self.errors.entry(kind).or_default() += n;
+        }
+    }
+
     fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.histogram.add(other.histogram)?;
         for (mine, theirs) in self.status.iter_mut().zip(other.status) {
@@ -212,6 +220,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     // No timer per request in a closed loop: the next one goes as soon as the last is in.
                     Pace::Closed { .. } => {
                         let now = Instant::now();
+                        if now >= end {
+                            break;
+                        }
                         (now, now)
                     }
                     Pace::Open { rate, .. } => {
@@ -225,19 +236,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             // instead of omitting it, and stop on time instead of sending them afterwards.
                             let rest = next.swap(slots_end, Ordering::Relaxed).max(i + 1);
                             let unsent = u64::from(i >= measured) + slots_end.saturating_sub(rest.max(measured));
-                            if unsent > 0 {
-                                failed.fetch_add(unsent, Ordering::Relaxed);
-                                *tally.errors.entry("unsent").or_default() += unsent;
-                            }
+                            tally.fail("unsent", unsent, &failed);
                             break;
                         }
                         let due = slot_due(start, i, rate);
                         (due, open_loop_start(due).await)
                     }
                 };
-                if due >= end {
-                    break;
-                }
                 let outcome = client::send(&target, &mut conn, &mut timer, &opts).await;
                 let latency = Instant::now().saturating_duration_since(sent);
                 done.fetch_add(1, Ordering::Relaxed);
@@ -251,10 +256,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         }
                         tally.histogram.saturating_record(latency.as_micros().max(1) as u64);
                     }
-                    Err(kind) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        *tally.errors.entry(kind).or_default() += 1;
-                    }
+                    Err(kind) => tally.fail(kind, 1, &failed),
                 }
             }
             anyhow::Ok(tally)

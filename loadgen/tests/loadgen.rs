@@ -6,10 +6,33 @@ use std::process::Command;
 
 use locci_proxy::demo::Backend;
 
+/// Runs locci-loadgen with `args` and `--json`; the exit status, stdout and the JSON report. Every run in
+/// these tests lasts a few seconds at most: one still going after 30 s has not stopped on time, and fails.
 fn loadgen(args: &[&str]) -> (std::process::ExitStatus, String, serde_json::Value) {
     let dir = tempfile_dir();
     let json = dir.join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_locci-loadgen")).args(args).arg("--json").arg(&json).output().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exited = false;
+    for _ in 0..300 {
+        exited = child.try_wait().unwrap().is_some();
+        if exited {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("locci-loadgen {args:?} was still running after 30 s");
+    }
+    let out = child.wait_with_output().unwrap();
     let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default();
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), report)
 }
@@ -76,29 +99,8 @@ fn a_rate_beyond_reach_ends_on_time_and_counts_what_was_not_sent() {
     // second (not after sending every slot late), with the slots it never reached counted as unsent.
     let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}/", b.addr);
-    let json = tempfile_dir().join("beyond.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
-        .args([&url, "--rate", "1e9", "--connections", "2", "--duration", "1s", "--json"])
-        .arg(&json)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut exited = None;
-    for _ in 0..300 {
-        exited = child.try_wait().unwrap();
-        if exited.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    if exited.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the run did not end within 30 s of a 1 s duration");
-    }
-    assert!(exited.unwrap().success());
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (status, _, r) = loadgen(&[&url, "--rate", "1e9", "--connections", "2", "--duration", "1s"]);
+    assert!(status.success());
     assert_eq!(r["requests"].as_u64(), Some(1_000_000_000), "{r}");
     let answered = r["status"]["200"].as_u64().unwrap();
     assert!(answered > 0, "{r}");
