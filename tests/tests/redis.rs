@@ -121,7 +121,7 @@ fn a_malformed_url_is_a_config_error_and_an_unreachable_one_falls_back() {
     let out = run_cli(&["check", "--config", "bad.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("api_gateway.middlewares.rate_limiting.redis.url: must be redis://"), "{err}");
+    assert!(err.contains("api_gateway.middlewares.rate_limiting.redis.url: unknown scheme: must be redis://"), "{err}");
     let missing =
         config(&b, "", "allow", 60, 2).replace("      redis: { url: \"\", timeout_ms: 50, on_error: allow }\n", "");
     std::fs::write(

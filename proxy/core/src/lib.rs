@@ -11,6 +11,7 @@ pub mod config;
 pub mod forwarding;
 pub mod method;
 pub mod middleware;
+pub mod path;
 pub mod request;
 pub mod respond;
 pub mod route;

@@ -17,6 +17,8 @@ pub enum Failure {
     UpstreamBroken,
     /// The client sent something the proxy cannot forward.
     BadRequest,
+    /// The request path cannot be normalised (SPEC §10).
+    BadPath(crate::path::PathError),
     /// A bug or an unexpected state inside the proxy.
     Internal,
     /// A middleware answered with its own status and headers.
@@ -51,6 +53,7 @@ impl Failure {
             Failure::UpstreamTimeout => (504, "upstream timeout"),
             Failure::UpstreamBroken => (502, "bad upstream response"),
             Failure::BadRequest => (400, "bad request"),
+            Failure::BadPath(e) => (400, e.as_str()),
             Failure::Internal => (500, "internal error"),
             Failure::Middleware(reply) => return reply.clone(),
         };
@@ -66,7 +69,7 @@ impl Failure {
             Failure::UpstreamConnect => "upstream_connect",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::UpstreamBroken => "upstream_broken",
-            Failure::BadRequest => "bad_request",
+            Failure::BadRequest | Failure::BadPath(_) => "bad_request",
             Failure::Internal => "internal",
             Failure::Middleware(_) => "middleware",
         }
@@ -97,6 +100,7 @@ mod tests {
             (Failure::UpstreamTimeout, 504),
             (Failure::UpstreamBroken, 502),
             (Failure::BadRequest, 400),
+            (Failure::BadPath(crate::path::PathError::EscapedSlash), 400),
             (Failure::Internal, 500),
         ];
         for (failure, status) in cases {

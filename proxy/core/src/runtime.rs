@@ -4,6 +4,7 @@
 //! config was validated); groups whose settings did not change are carried over with their health state,
 //! and routes keep their rate-limit buckets when their settings did not change.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,7 +149,14 @@ impl Runtime {
         self.config.server.connection_pool.max_idle > 0
     }
 
-    /// Decides what happens to a request: route, middlewares, first server.
+    /// The path every decision about a request reads: normalised as `server.path` says (SPEC §10), once per
+    /// request, before [`Runtime::plan`]; a path that cannot be normalised is answered with 400.
+    pub fn normalize_path<'p>(&self, path: &'p str) -> Result<Cow<'p, str>, Failure> {
+        crate::path::normalize(path, &self.config.server.path).map_err(Failure::BadPath)
+    }
+
+    /// Decides what happens to a request: route, middlewares, first server. `req.path` is the normalised
+    /// path ([`Runtime::normalize_path`]).
     pub fn plan<'a>(&'a self, req: &RequestInfo<'_>, now: Now, entropy: &dyn Entropy) -> Plan<'a> {
         let respond = |route, failure, rejection, headers| Plan::Respond { route, failure, rejection, headers };
         let route = match self.find_route(req) {

@@ -1,6 +1,7 @@
 //! The ProxyHttp impl: translates Pingora's phases into calls on the core, and the core's answers back
 //! into Pingora. It holds no decision of its own.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +51,15 @@ impl Gateway {
         ctx.client_ip = forwarding::client_ip(ctx.peer, headers.get("x-forwarded-for"), runtime.trusted());
         ctx.request_id = forwarding::request_id(headers.get("x-request-id"), &*self.shared.env.entropy).into_owned();
         let uri = &header.uri;
-        let req = headers.request(ctx.client_ip);
+        let path = match runtime.normalize_path(uri.path()) {
+            Ok(path) => path,
+            Err(failure) => {
+                let reply = failure.reply();
+                ctx.failure = Some(failure);
+                return Some(reply);
+            }
+        };
+        let req = headers.request(ctx.client_ip, &path);
         let entropy = &*self.shared.env.entropy;
         let mut plan = runtime.plan(&req, now, entropy);
         // A shared-store rate limit pauses the plan for one bounded round trip, then the core goes on.
@@ -76,6 +85,9 @@ impl Gateway {
                 ctx.upstream_path = (forwarded != original).then(|| forwarded.into_owned());
                 ctx.response_headers = response_headers;
                 ctx.in_flight = runtime.pools().get(group).map(|pool| pool.begin(server));
+                if let Cow::Owned(normalized) = path {
+                    ctx.path = Some(normalized);
+                }
                 None
             }
             Plan::Remote { .. } => Some(Failure::Internal.reply()),
@@ -116,6 +128,8 @@ pub struct RequestCtx {
     group: Option<usize>,
     read_timeout: Duration,
     upstream_path: Option<String>,
+    /// The normalised path, when it differs from the one the client sent.
+    path: Option<String>,
     tried: Vec<usize>,
     in_flight: Option<InFlight>,
     last_server: Option<String>,
@@ -147,6 +161,7 @@ impl ProxyHttp for Gateway {
             group: None,
             read_timeout: Duration::from_secs(30),
             upstream_path: None,
+            path: None,
             tried: Vec::new(),
             in_flight: None,
             last_server: None,
@@ -185,7 +200,7 @@ impl ProxyHttp for Gateway {
                 None => {
                     let header = session.req_header();
                     let headers = HeaderView(header);
-                    let req = headers.request(ctx.client_ip);
+                    let req = headers.request(ctx.client_ip, ctx.path.as_deref().unwrap_or(header.uri.path()));
                     let Some(idx) = pool.select(&req, &ctx.tried, &*self.shared.env.entropy) else {
                         ctx.failure = Some(if ctx.tried.is_empty() {
                             Failure::NoHealthyUpstream

@@ -15,15 +15,9 @@ impl Headers for HeaderView<'_> {
 }
 
 impl HeaderView<'_> {
-    /// The core's view of the request, with the client IP already worked out.
-    pub fn request(&self, client_ip: IpAddr) -> RequestInfo<'_> {
+    /// The core's view of the request, with the client IP and the normalised path already worked out.
+    pub fn request<'a>(&'a self, client_ip: IpAddr, path: &'a str) -> RequestInfo<'a> {
         let header = self.0;
-        RequestInfo {
-            method: header.method.as_str(),
-            path: header.uri.path(),
-            query: header.uri.query(),
-            client_ip,
-            headers: self,
-        }
+        RequestInfo { method: header.method.as_str(), path, query: header.uri.query(), client_ip, headers: self }
     }
 }

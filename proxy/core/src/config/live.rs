@@ -2,12 +2,6 @@
 
 use super::{Config, ConfigError};
 
-/// What a secret is replaced with in any output.
-pub const REDACTED: &str = "[redacted]";
-
-/// Keys whose values are secrets wherever they appear.
-pub const SECRET_KEYS: [&str; 2] = ["jwt_secret", "api_key"];
-
 /// The changes from `old` to `new` that only a restart can apply; empty when the reload may proceed.
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<ConfigError> {
     let mut problems = Vec::new();
@@ -24,33 +18,15 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<ConfigError> {
     problems
 }
 
-/// The config as JSON with every secret replaced by `"[redacted]"`.
+/// The config as JSON; every secret renders as `"[redacted]"` by its type ([`super::Secret`]).
 pub fn redacted_json(config: &Config) -> serde_json::Value {
-    let mut value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
-    redact(&mut value);
-    value
-}
-
-fn redact(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if SECRET_KEYS.contains(&key.as_str()) && !v.is_null() {
-                    *v = serde_json::Value::String(REDACTED.into());
-                } else {
-                    redact(v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::config::{REDACTED, parse};
 
     const BASE: &str = "mode: api_gateway\nupstreams: { u: { servers: [\"127.0.0.1:1\"] } }\n\
         api_gateway:\n  routes: { r: { path_pattern: \"^/\", upstream: u } }\n  middlewares: { authentication: { jwt_secret: s3cr3t-jwt } }\n\

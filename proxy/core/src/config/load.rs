@@ -99,14 +99,15 @@ fn expand(s: &str, env: EnvLookup<'_>) -> Result<Expanded, String> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+        // Messages never echo the scalar: it may be a secret (`jwt_secret: "${KEY}tail"`).
+        let end = after.find('}').ok_or_else(|| "unclosed ${ (no matching })".to_string())?;
         let body = &after[..end];
         let (name, default) = match body.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (body, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("invalid variable name {name:?} in {s:?}"));
+            return Err("invalid variable name in ${…} (letters, digits and _ only)".to_string());
         }
         match (env(name), default) {
             (Some(v), _) => out.push_str(&v),

@@ -8,7 +8,7 @@ mod schema;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use live::{REDACTED, SECRET_KEYS, redacted_json, restart_needed};
+pub use live::{redacted_json, restart_needed};
 pub use load::{EnvLookup, MAX_CONFIG_BYTES, parse};
 pub use schema::*;
 pub use validate::{ValidConfig, validate};

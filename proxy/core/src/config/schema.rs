@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Upstream connection reuse.
     pub connection_pool: PoolConfig,
+    /// How request paths are normalised before any decision reads them.
+    pub path: PathConfig,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             tls: None,
             connection_pool: PoolConfig::default(),
+            path: PathConfig::default(),
         }
     }
 }
@@ -118,6 +121,37 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self { max_idle: 128, idle_timeout_secs: 60, connect_timeout_secs: 10 }
     }
+}
+
+/// The `server.path` section: how a request path is normalised before routing (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathConfig {
+    /// RFC 3986 dot-segment removal, decoding of escaped unreserved characters, `\` as `/`.
+    pub normalize: bool,
+    /// Runs of `/` become one.
+    pub merge_slashes: bool,
+    /// What `%2F` and `%5C` in a path do.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        Self { normalize: true, merge_slashes: false, escaped_slashes: EscapedSlashes::Reject }
+    }
+}
+
+/// What an escaped slash (`%2F`, or `%5C` for a backslash) in a path does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400: upstreams disagree on whether it separates segments.
+    #[default]
+    Reject,
+    /// Forwarded as written (upper-case hex); not a separator for routing.
+    Keep,
+    /// Decoded to `/` before normalisation, so routing sees the segments an unescaping upstream sees.
+    Unescape,
 }
 
 /// The `logging` section.
@@ -373,8 +407,8 @@ pub enum RateBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` (or `rediss://`).
-    pub url: Secret,
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`); the credentials never appear in any output.
+    pub url: SecretUrl,
     /// Prefix of every bucket key.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
@@ -472,32 +506,53 @@ impl Default for ControlApiConfig {
     }
 }
 
-/// A secret string: its `Debug` never shows the value, so it cannot leak through a log of the config.
+/// A secret string. It renders as `"[redacted]"` in every output it can reach — `Serialize` (the control
+/// API, any JSON or YAML dump), `Debug` (logs) and `Display` (errors) — so no list of secret key names is
+/// needed and none can miss one; [`Secret::expose`] is the only way to the value.
 ///
 /// It accepts a number or boolean too, because `${API_KEY}` with a numeric value is retyped by
 /// interpolation and must still be taken as the string it spells.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// A URL that may carry credentials (`redis://user:password@host:6379/0`): it renders with its userinfo
+/// (and any query) replaced by `[redacted]` (`redis://[redacted]@host:6379/0`) in every output, as
+/// [`Secret`] does for a whole value; [`SecretUrl::expose`] is the only way to the full text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+/// What a secret is replaced with in any output.
+pub const REDACTED: &str = "[redacted]";
+
+/// Reads a secret scalar: a string, or a number or boolean taken as the text it spells.
+fn secret_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Flag(bool),
+    }
+    Ok(match Raw::deserialize(de)? {
+        Raw::Text(s) => s,
+        Raw::Int(n) => n.to_string(),
+        Raw::Uint(n) => n.to_string(),
+        Raw::Float(n) => n.to_string(),
+        Raw::Flag(b) => b.to_string(),
+    })
+}
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Int(i64),
-            Uint(u64),
-            Float(f64),
-            Flag(bool),
-        }
-        Ok(Secret(match Raw::deserialize(de)? {
-            Raw::Text(s) => s,
-            Raw::Int(n) => n.to_string(),
-            Raw::Uint(n) => n.to_string(),
-            Raw::Float(n) => n.to_string(),
-            Raw::Flag(b) => b.to_string(),
-        }))
+        secret_text(de).map(Secret)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
     }
 }
 
@@ -515,6 +570,65 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        secret_text(de).map(SecretUrl)
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The full URL, credentials included, for the one place that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    /// `scheme://[redacted]@host:port/path`: the userinfo and the query are replaced, the rest is kept so
+    /// an operator can still see where it points. Text that is not `scheme://…` is replaced whole.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str(REDACTED);
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        write!(f, "{scheme}://")?;
+        match authority.rfind('@') {
+            Some(at) => write!(f, "{REDACTED}{}", &authority[at..])?,
+            None => f.write_str(authority)?,
+        }
+        let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+        f.write_str(&tail[..path_end])?;
+        if path_end < tail.len() {
+            write!(f, "?{REDACTED}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
     }
 }

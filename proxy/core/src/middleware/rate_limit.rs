@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::config::{OnError, RateBackend, RateLimitConfig, Secret};
+use crate::config::{OnError, RateBackend, RateLimitConfig, SecretUrl};
 use crate::request::RequestInfo;
 
 /// Most keys tracked per route.
@@ -39,13 +39,37 @@ pub struct RateSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSettings {
     /// Redis URL.
-    pub url: Secret,
+    pub url: SecretUrl,
     /// Bucket key prefix.
     pub key_prefix: String,
     /// Longest wait for an answer.
     pub timeout: Duration,
     /// Fallback when the store cannot answer in time.
     pub on_error: OnError,
+}
+
+/// Checks a Redis URL without echoing it (it may hold a password): scheme, a host, a port in range, an
+/// optional database number.
+fn check_redis_url(text: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(text).map_err(|e| match e {
+        url::ParseError::InvalidPort => "invalid port",
+        url::ParseError::EmptyHost => "no host",
+        _ => "not a URL",
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err("unknown scheme");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host");
+    }
+    if url.port() == Some(0) {
+        return Err("invalid port");
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err("the path must be a database number");
+    }
+    Ok(())
 }
 
 /// The shared store's answer for one request: admitted or not, and how far the bucket's theoretical
@@ -87,10 +111,11 @@ impl RateSettings {
                 None
             }
             (RateBackend::Redis, Some(r)) => {
-                let url = r.url.expose();
-                let host = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://"));
-                if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
-                    problem(format!("{path}.redis.url"), "must be redis://host:port[/db] or rediss://…".into());
+                if let Err(why) = check_redis_url(r.url.expose()) {
+                    problem(
+                        format!("{path}.redis.url"),
+                        format!("{why}: must be redis://host:port[/db] or rediss://…"),
+                    );
                     ok = false;
                 }
                 if !(1..=10_000).contains(&r.timeout_ms) {

@@ -260,3 +260,67 @@ fn the_chain_stops_at_the_first_answer_and_keeps_earlier_headers() {
     assert_eq!(second.rejection, Some(Rejection::RateLimited));
     assert!(run(&[], &info("GET", &h), now).unwrap().reply.is_none());
 }
+
+#[test]
+fn malformed_redis_urls_are_config_errors_that_do_not_echo_the_url() {
+    let compile = |url: &str| {
+        let c = RateLimitConfig {
+            requests_per_minute: 60,
+            burst_size: None,
+            key_header: None,
+            backend: crate::config::RateBackend::Redis,
+            redis: Some(crate::config::RedisConfig {
+                url: crate::config::SecretUrl::new(url),
+                key_prefix: "p:".into(),
+                timeout_ms: 50,
+                on_error: Default::default(),
+            }),
+        };
+        let mut problems = Vec::new();
+        RateSettings::compile(&c, "rl", &mut |p, m| problems.push(format!("{p}: {m}")));
+        problems
+    };
+    for good in
+        ["redis://127.0.0.1:6379", "redis://:pw@cache:6379/2", "rediss://user:pw@cache.internal", "redis://[::1]:6379"]
+    {
+        assert_eq!(compile(good), Vec::<String>::new(), "{good}");
+    }
+    for (bad, why) in [
+        ("redis://:notaport", "no host"),
+        ("redis://host:notaport", "invalid port"),
+        ("redis://host:70000", "invalid port"),
+        ("redis://host:0", "invalid port"),
+        ("redis://", "no host"),
+        ("redis:///0", "no host"),
+        ("http://host:6379", "unknown scheme"),
+        ("redis://host:6379/notadb", "the path must be a database number"),
+        ("cache:6379", "unknown scheme"),
+    ] {
+        let problems = compile(bad);
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert!(problems[0].starts_with(&format!("rl.redis.url: {why}: must be redis://")), "{bad}: {problems:?}");
+    }
+    // With a password in it, the message still names only the field.
+    let problems = compile("redis://admin:hunter2-s3cret@host:99999");
+    assert!(!problems[0].contains("hunter2"), "{problems:?}");
+}
+
+#[test]
+fn a_secret_url_shows_where_it_points_but_never_its_credentials() {
+    use crate::config::SecretUrl;
+    let cases = [
+        ("redis://admin:pw@10.0.0.5:6379/0", "redis://[redacted]@10.0.0.5:6379/0"),
+        ("rediss://:pw@cache", "rediss://[redacted]@cache"),
+        ("redis://cache:6379", "redis://cache:6379"),
+        ("redis://u:p@h/0?password=x", "redis://[redacted]@h/0?[redacted]"),
+        ("not a url with a secret", "[redacted]"),
+    ];
+    for (url, shown) in cases {
+        let secret = SecretUrl::new(url);
+        assert_eq!(secret.to_string(), shown, "{url}");
+        assert_eq!(format!("{secret:?}"), format!("{shown:?}"));
+        assert_eq!(serde_json::to_value(&secret).unwrap(), shown);
+    }
+    assert_eq!(serde_json::to_value(Secret::new("s3cret")).unwrap(), "[redacted]");
+    assert_eq!(format!("{} {:?}", Secret::new("s3cret"), Secret::new("s3cret")), "[redacted] [redacted]");
+}
