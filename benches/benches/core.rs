@@ -29,6 +29,8 @@ fn table(n: usize) -> RouteTable {
             strip_prefix: false,
             timeout: None,
             middlewares: Vec::new(),
+            max_body_bytes: None,
+            websocket: true,
         })
         .collect();
     RouteTable::compile(specs).unwrap()

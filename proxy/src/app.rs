@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
 use locci_core::config::{Config, ConfigErrors, OnError};
+use locci_core::edge::ClientError;
 use locci_core::middleware::{Pending, StoreReply};
 use locci_core::{Runtime, ValidConfig};
 use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
-use pingora_proxy::HttpProxy;
 
 use crate::config_file::{self, Overrides};
 use crate::observe::Metrics;
+use crate::server::edge::Edge;
 use crate::server::gateway::Gateway;
+use crate::server::health::HealthDriver;
 use crate::server::rate_store::{RateStores, RedisStores};
 use crate::server::transport::{NativeTransport, Prober, TcpProber, UpstreamTransport};
 
@@ -84,8 +86,10 @@ pub struct Shared {
     inflight: AtomicUsize,
     /// Set once a shutdown or upgrade has begun: responses then close their connections.
     draining: AtomicBool,
-    /// When the last rate-limit-store fallback was logged (unix seconds), so it is logged at most every 10 s.
-    fallback_logged: std::sync::atomic::AtomicU64,
+    /// Client connections open now (`server.client.max_connections`).
+    connections: AtomicUsize,
+    /// When each rate-limited log line was last written (unix seconds), by [`LogLine`].
+    logged: [std::sync::atomic::AtomicU64; LogLine::COUNT],
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
 }
@@ -105,7 +109,8 @@ impl Shared {
             cas,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            fallback_logged: std::sync::atomic::AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            logged: Default::default(),
             change: Mutex::new(()),
         }))
     }
@@ -209,15 +214,74 @@ impl Shared {
                 OnError::Deny => "deny",
             };
             self.metrics.ratelimit_fallback(route, on_error);
-            let now = self.env.clock.unix_now().as_secs();
-            let last = self.fallback_logged.load(Ordering::Relaxed);
-            if now >= last + 10
-                && self.fallback_logged.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-            {
+            if self.may_log(LogLine::StoreFallback, 10) {
                 tracing::warn!(route, on_error, "rate-limit store unavailable, falling back");
             }
         }
         reply
+    }
+}
+
+impl Shared {
+    /// Counts a client connection until the guard is dropped; `None` when `max_connections` are open already.
+    pub fn begin_connection(self: &Arc<Self>) -> Option<ConnectionGuard> {
+        let limit = self.runtime.load().client_limits().max_connections;
+        let open = self.connections.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnectionGuard(Arc::clone(self));
+        (open < limit).then_some(guard)
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Counts a client the edge refused, and logs it at most once a second per reason, so an attacker
+    /// cannot flood the log.
+    pub fn client_rejected(&self, error: ClientError) {
+        self.metrics.client_rejected(error.reason());
+        if self.may_log(LogLine::Client(error), 1) {
+            tracing::warn!(
+                reason = error.reason(),
+                "client refused at the edge (logged at most once a second per reason)"
+            );
+        }
+    }
+
+    /// Whether a rate-limited log line may be written now (at most once every `secs` per line).
+    fn may_log(&self, line: LogLine, secs: u64) -> bool {
+        let slot = &self.logged[line.index()];
+        let now = self.env.clock.unix_now().as_secs();
+        let last = slot.load(Ordering::Relaxed);
+        (last == 0 || now >= last + secs)
+            && slot.compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// The log lines an outsider can provoke at will, each written at a bounded rate.
+#[derive(Debug, Clone, Copy)]
+enum LogLine {
+    StoreFallback,
+    Client(ClientError),
+}
+
+impl LogLine {
+    const COUNT: usize = 1 + ClientError::REASONS.len();
+
+    fn index(self) -> usize {
+        match self {
+            LogLine::StoreFallback => 0,
+            LogLine::Client(e) => 1 + ClientError::REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0),
+        }
+    }
+}
+
+/// One open client connection; dropping it ends the count.
+pub struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -230,10 +294,51 @@ impl Drop for RequestGuard {
     }
 }
 
-/// Builds the proxy application over `shared`; production wraps it in a Pingora listening service, the
-/// simulator feeds it simulated connections.
-pub fn build_app(shared: Arc<Shared>, conf: &Arc<ServerConf>) -> HttpProxy<Gateway> {
-    pingora_proxy::http_proxy(conf, Gateway::new(shared))
+/// Everything a running proxy is made of, built by [`build_proxy`] for production and simulation alike.
+pub struct Proxy {
+    /// The state every request, background task and the control API share.
+    pub shared: Arc<Shared>,
+    /// The application listeners feed connections to: the edge in front of Pingora's `HttpProxy`.
+    pub app: Edge,
+    /// The health-check loop, to be run by the caller (a background service, or a simulated task).
+    pub health: HealthDriver,
+}
+
+impl Proxy {
+    /// The control API over this proxy's state.
+    pub fn control(&self) -> axum::Router {
+        crate::control::router(Arc::clone(&self.shared))
+    }
+}
+
+/// The one constructor of the proxy: the binary and the simulator both call it, so nothing of what a running
+/// proxy is made of is written twice; only `env` differs (time, randomness, the network).
+pub fn build_proxy(valid: ValidConfig, env: Env, source: ConfigSource) -> Result<Proxy, prometheus::Error> {
+    let server_conf = Arc::new(server_conf(&valid));
+    let shared = Shared::new(valid, env, source)?;
+    let http = pingora_proxy::http_proxy(&server_conf, Gateway::new(Arc::clone(&shared)));
+    let app = Edge::new(http, Arc::clone(&shared));
+    let health = HealthDriver::new(Arc::clone(&shared));
+    Ok(Proxy { shared, app, health })
+}
+
+/// Pingora's server settings for a config (the binary's `Server` and the proxy service read the same).
+pub fn server_conf(valid: &ValidConfig) -> ServerConf {
+    let s = &valid.config.server;
+    // The upgrade socket and pid file are named after the listen address, so an old and a new process of
+    // the same instance meet, and instances on other addresses do not.
+    let id: String = s.bind_address.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let tmp = std::env::temp_dir();
+    ServerConf {
+        threads: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        upstream_keepalive_pool_size: s.connection_pool.max_idle,
+        // Signals::exit_when_drained ends the process once requests are done; this is only the upper bound.
+        grace_period_seconds: Some(s.graceful_shutdown_timeout_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: tmp.join(format!("locci-proxy-{id}.pid")).display().to_string(),
+        upgrade_sock: tmp.join(format!("locci-proxy-{id}.upgrade.sock")).display().to_string(),
+        ..ServerConf::default()
+    }
 }
 
 fn read_cas(runtime: &Runtime) -> BTreeMap<String, Arc<CaType>> {

@@ -15,10 +15,9 @@ use locci_core::config::Mode;
 use locci_proxy::config_file::{self, Overrides};
 use locci_proxy::control::ControlService;
 use locci_proxy::demo::{self, Backend};
-use locci_proxy::server::health::HealthDriver;
 use locci_proxy::server::signals::Signals;
-use locci_proxy::{ConfigSource, Env, Shared, build_app, logging};
-use pingora_core::server::configuration::{Opt, ServerConf};
+use locci_proxy::{ConfigSource, Env, Proxy, build_proxy, logging};
+use pingora_core::server::configuration::Opt;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
@@ -214,19 +213,19 @@ fn run(valid: ValidConfig, source: ConfigSource, upgrade: bool, keep_alive: Vec<
             tracing::warn!(addr = %control.bind_address, "control API has no api_key (local development only)");
         }
     }
-    let conf = server_conf(&valid);
     let grace = Duration::from_secs(valid.config.server.graceful_shutdown_timeout_secs);
     let tls = valid.config.server.tls.clone();
-    let mut server = Server::new_with_opt_and_conf(Some(Opt { upgrade, ..Opt::default() }), conf);
-    server.bootstrap();
-    let shared = match Shared::new(valid, Env::production(), source) {
-        Ok(shared) => shared,
+    let conf = locci_proxy::app::server_conf(&valid);
+    let Proxy { shared, app, health } = match build_proxy(valid, Env::production(), source) {
+        Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("locci-proxy: cannot set up metrics: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut proxy = Service::new("locci proxy".to_string(), build_app(Arc::clone(&shared), &server.configuration));
+    let mut server = Server::new_with_opt_and_conf(Some(Opt { upgrade, ..Opt::default() }), conf);
+    server.bootstrap();
+    let mut proxy = Service::new("locci proxy".to_string(), app);
     match &tls {
         None => proxy.add_tcp(&bind),
         Some(tls) => {
@@ -244,7 +243,7 @@ fn run(valid: ValidConfig, source: ConfigSource, upgrade: bool, keep_alive: Vec<
         }
     }
     server.add_service(proxy);
-    server.add_service(background_service("health checks", HealthDriver::new(Arc::clone(&shared))));
+    server.add_service(background_service("health checks", health));
     if let Some(addr) = control_addr {
         server.add_service(background_service("control api", ControlService::new(Arc::clone(&shared), addr, upgrade)));
     }
@@ -252,22 +251,4 @@ fn run(valid: ValidConfig, source: ConfigSource, upgrade: bool, keep_alive: Vec<
     server.run(RunArgs { shutdown_signal: Box::new(Signals::new(Arc::clone(&shared), grace)) });
     drop(keep_alive);
     ExitCode::SUCCESS
-}
-
-fn server_conf(valid: &ValidConfig) -> ServerConf {
-    let s = &valid.config.server;
-    // The upgrade socket and pid file are named after the listen address, so an old and a new process of
-    // the same instance meet, and instances on other addresses do not.
-    let id: String = s.bind_address.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    let tmp = std::env::temp_dir();
-    ServerConf {
-        threads: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        upstream_keepalive_pool_size: s.connection_pool.max_idle,
-        // Signals::exit_when_drained ends the process once requests are done; this is only the upper bound.
-        grace_period_seconds: Some(s.graceful_shutdown_timeout_secs),
-        graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: tmp.join(format!("locci-proxy-{id}.pid")).display().to_string(),
-        upgrade_sock: tmp.join(format!("locci-proxy-{id}.upgrade.sock")).display().to_string(),
-        ..ServerConf::default()
-    }
 }

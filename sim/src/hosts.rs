@@ -1,5 +1,5 @@
 //! The simulated hosts: upstream HTTP servers with programmable behaviour, the proxy (the real
-//! `build_app()` over simulated sockets, time and randomness), and the client that plays the load.
+//! `build_proxy()` over simulated sockets, time and randomness), and the client that plays the load.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use locci_core::clock::{SeededEntropy, TokioClock};
 use locci_proxy::config_file::{self, Overrides};
-use locci_proxy::server::health::HealthDriver;
-use locci_proxy::{ConfigSource, Env, Shared, build_app};
+use locci_proxy::{ConfigSource, Env, Proxy, Shared, build_proxy};
 use pingora_core::apps::ServerApp;
-use pingora_core::server::configuration::ServerConf;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,7 +135,7 @@ pub struct ProxyHost {
     pub trace: Trace,
 }
 
-/// Runs the proxy: the production `build_app()` fed by a turmoil accept loop, the production health
+/// Runs the proxy: the production `build_proxy()` fed by a turmoil accept loop, the production health
 /// driver, and reloads through `Shared::reload`, exactly as SIGHUP does.
 pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
     std::fs::write(&host.config_path, &host.config)?;
@@ -150,10 +148,9 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
         rate_stores: Arc::new(crate::net::DeadStores),
     };
     let source = ConfigSource { path: Some(host.config_path.clone()), overrides: Overrides::default() };
-    let shared = Shared::new(valid, env, source).map_err(|e| e.to_string())?;
+    let Proxy { shared, app, health, .. } = build_proxy(valid, env, source).map_err(|e| e.to_string())?;
     *host.shared.borrow_mut() = Some(Arc::clone(&shared));
-    let app = Arc::new(build_app(Arc::clone(&shared), &Arc::new(ServerConf::default())));
-    let health = HealthDriver::new(Arc::clone(&shared));
+    let app = Arc::new(app);
     tokio::task::spawn_local(async move { health.run(None).await });
     if let Some(mut commands) = host.commands.borrow_mut().take() {
         let (shared, trace, path) = (Arc::clone(&shared), host.trace.clone(), host.config_path.clone());

@@ -1,4 +1,4 @@
-//! locci-sim: the real locci proxy — the same `build_app()`, `ProxyHttp` impl and core — run in a turmoil
+//! locci-sim: the real locci proxy — the same `build_proxy()`, `ProxyHttp` impl and core — run in a turmoil
 //! world where sockets, time and randomness are simulated, under a scripted load and fault timeline, with
 //! invariants checked over a canonical trace. Same scenario + seed => same trace hash.
 

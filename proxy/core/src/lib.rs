@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod forwarding;
 pub mod method;
 pub mod middleware;

@@ -15,10 +15,8 @@ pub enum Failure {
     UpstreamTimeout,
     /// The upstream broke the exchange (reset, bad response).
     UpstreamBroken,
-    /// The client sent something the proxy cannot forward.
-    BadRequest,
-    /// The request path cannot be normalised (SPEC §10).
-    BadPath(crate::path::PathError),
+    /// The client sent something the proxy refuses at the edge (SPEC §10).
+    Client(crate::edge::ClientError),
     /// A bug or an unexpected state inside the proxy.
     Internal,
     /// A middleware answered with its own status and headers.
@@ -52,8 +50,7 @@ impl Failure {
             Failure::UpstreamConnect => (502, "upstream unavailable"),
             Failure::UpstreamTimeout => (504, "upstream timeout"),
             Failure::UpstreamBroken => (502, "bad upstream response"),
-            Failure::BadRequest => (400, "bad request"),
-            Failure::BadPath(e) => (400, e.as_str()),
+            Failure::Client(e) => e.status().unwrap_or((400, "bad request")),
             Failure::Internal => (500, "internal error"),
             Failure::Middleware(reply) => return reply.clone(),
         };
@@ -69,7 +66,7 @@ impl Failure {
             Failure::UpstreamConnect => "upstream_connect",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::UpstreamBroken => "upstream_broken",
-            Failure::BadRequest | Failure::BadPath(_) => "bad_request",
+            Failure::Client(e) => e.reason(),
             Failure::Internal => "internal",
             Failure::Middleware(_) => "middleware",
         }
@@ -99,8 +96,8 @@ mod tests {
             (Failure::UpstreamConnect, 502),
             (Failure::UpstreamTimeout, 504),
             (Failure::UpstreamBroken, 502),
-            (Failure::BadRequest, 400),
-            (Failure::BadPath(crate::path::PathError::EscapedSlash), 400),
+            (Failure::Client(crate::edge::ClientError::Malformed("x")), 400),
+            (Failure::Client(crate::edge::ClientError::BodyTooLarge), 413),
             (Failure::Internal, 500),
         ];
         for (failure, status) in cases {

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
+use crate::edge::{ClientError, ClientLimits};
 use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejection, RemoteLimit, Step, StoreReply};
 use crate::request::RequestInfo;
 use crate::respond::Failure;
@@ -26,6 +27,7 @@ pub struct Runtime {
     routes: RouteTable,
     pools: Vec<Arc<Pool>>,
     trusted: Vec<IpNet>,
+    client: ClientLimits,
 }
 
 /// What to do with a request.
@@ -65,7 +67,7 @@ pub enum Plan<'a> {
 impl Runtime {
     /// Builds the runtime for `valid`, carrying over state from `previous`.
     pub fn build(valid: ValidConfig, previous: Option<&Runtime>, generation: u64, epoch: Instant) -> Runtime {
-        let ValidConfig { config, groups, mut routes, trusted, middlewares } = valid;
+        let ValidConfig { config, groups, mut routes, trusted, middlewares, client } = valid;
         let pools: Vec<Arc<Pool>> = groups
             .into_iter()
             .map(|spec| {
@@ -96,7 +98,7 @@ impl Runtime {
                 .collect();
             route.set_steps(steps);
         }
-        Runtime { generation, config: Arc::new(config), routes, pools, trusted }
+        Runtime { generation, config: Arc::new(config), routes, pools, trusted, client }
     }
 
     /// The number that grows with every applied change.
@@ -122,6 +124,11 @@ impl Runtime {
     /// The routes, longest pattern first.
     pub fn routes(&self) -> &[Route] {
         self.routes.routes()
+    }
+
+    /// What a client may send (`server.client`).
+    pub fn client_limits(&self) -> &ClientLimits {
+        &self.client
     }
 
     /// Trusted proxy networks.
@@ -152,7 +159,8 @@ impl Runtime {
     /// The path every decision about a request reads: normalised as `server.path` says (SPEC §10), once per
     /// request, before [`Runtime::plan`]; a path that cannot be normalised is answered with 400.
     pub fn normalize_path<'p>(&self, path: &'p str) -> Result<Cow<'p, str>, Failure> {
-        crate::path::normalize(path, &self.config.server.path).map_err(Failure::BadPath)
+        crate::path::normalize(path, &self.config.server.path)
+            .map_err(|e| Failure::Client(ClientError::Malformed(e.as_str())))
     }
 
     /// Decides what happens to a request: route, middlewares, first server. `req.path` is the normalised
@@ -166,6 +174,9 @@ impl Runtime {
                 return respond(None, Failure::MethodNotAllowed(allow), None, Vec::new());
             }
         };
+        if let Some(refused) = admit(route, req) {
+            return respond(Some(route), Failure::Client(refused), None, Vec::new());
+        }
         self.after_chain(route, middleware::run(route.steps(), req, now), req, entropy)
     }
 
@@ -235,6 +246,22 @@ impl Runtime {
             _ => None,
         })
     }
+}
+
+/// What the route refuses before its middlewares run: a declared body over its limit (413 before anything is
+/// forwarded; a chunked body is counted as it streams, see [`Route::max_body_bytes`]) and an upgrade it does
+/// not allow.
+fn admit(route: &Route, req: &RequestInfo<'_>) -> Option<ClientError> {
+    if let (Some(limit), Some(length)) = (route.max_body_bytes, req.headers.get("content-length")) {
+        // The edge has already refused a length that is not a number.
+        if length.parse::<u64>().is_ok_and(|n| n > limit) {
+            return Some(ClientError::BodyTooLarge);
+        }
+    }
+    if !route.websocket && req.headers.get("upgrade").is_some() {
+        return Some(ClientError::Malformed("upgrade not allowed on this route"));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ pub async fn reload(State(shared): State<Arc<Shared>>) -> Api<Json<Value>> {
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let text = shared.metrics.render(&shared.runtime());
+    let text = shared.metrics.render(&shared.runtime(), shared.connections());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 

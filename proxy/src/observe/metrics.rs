@@ -23,6 +23,9 @@ pub struct Metrics {
     auth_rejected: IntCounterVec,
     reloads: IntCounterVec,
     fallbacks: IntCounterVec,
+    client_rejected: IntCounterVec,
+    upgraded: prometheus::IntGauge,
+    connections: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -61,6 +64,22 @@ impl Metrics {
         let active =
             IntGaugeVec::new(Opts::new("locci_active_connections", "Requests in flight to the group."), &["upstream"])?;
         registry.register(Box::new(active.clone()))?;
+        let client_rejected = counter(
+            "locci_client_rejected_total",
+            "Client requests or connections refused at the edge (SPEC §10), by reason.",
+            &["reason"],
+        )?;
+        for reason in locci_core::edge::ClientError::REASONS {
+            client_rejected.with_label_values(&[reason]);
+        }
+        let upgraded =
+            prometheus::IntGauge::new("locci_upgraded_connections", "Upgraded (WebSocket) connections open now.")?;
+        registry.register(Box::new(upgraded.clone()))?;
+        let connections = prometheus::IntGauge::new(
+            "locci_client_connections",
+            "Client connections open now (server.client.max_connections bounds it; the control API's are not counted).",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
@@ -75,6 +94,9 @@ impl Metrics {
             auth_rejected,
             reloads,
             fallbacks,
+            client_rejected,
+            upgraded,
+            connections,
         })
     }
 
@@ -105,14 +127,25 @@ impl Metrics {
         self.fallbacks.with_label_values(&[route, on_error]).inc();
     }
 
+    /// Counts a client refused at the edge (`reason` from a fixed set).
+    pub fn client_rejected(&self, reason: &str) {
+        self.client_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// One more (`+1`) or one fewer (`-1`) upgraded connection.
+    pub fn upgraded(&self, delta: i64) {
+        self.upgraded.add(delta);
+    }
+
     /// Counts a reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
     }
 
     /// The exposition text, with health and in-flight gauges read from `runtime` at this moment (so the
-    /// gauges follow every change and servers that are gone disappear).
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// gauges follow every change and servers that are gone disappear), and the open client connections.
+    pub fn render(&self, runtime: &Runtime, connections: usize) -> String {
+        self.connections.set(i64::try_from(connections).unwrap_or(i64::MAX));
         self.health.reset();
         self.active.reset();
         for pool in runtime.pools() {

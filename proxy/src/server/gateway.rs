@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use locci_core::edge::ClientError;
 use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
 use locci_core::request::Headers;
@@ -79,6 +80,7 @@ impl Gateway {
             Plan::Forward { route, group, server, response_headers } => {
                 ctx.route = Some(Arc::clone(&route.name));
                 ctx.group = Some(group);
+                ctx.body_limit = route.max_body_bytes;
                 ctx.read_timeout = runtime.read_timeout(route);
                 let forwarded = route.upstream_path(req.path, req.query);
                 let original = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -109,6 +111,10 @@ impl Gateway {
             (Some(Rejection::RateLimited), _) => metrics.rate_limited(route),
             (Some(Rejection::Auth(reason)), _) => metrics.auth_rejected(route, reason.as_str()),
             (Some(Rejection::Cors), _) => metrics.error(mode, "cors_rejected"),
+            (None, Some(Failure::Client(e))) => {
+                metrics.error(mode, e.reason());
+                self.shared.client_rejected(*e);
+            }
             (None, Some(failure)) => metrics.error(mode, failure.kind()),
             (None, None) => {}
         }
@@ -130,6 +136,11 @@ pub struct RequestCtx {
     upstream_path: Option<String>,
     /// The normalised path, when it differs from the one the client sent.
     path: Option<String>,
+    /// The route's body limit, and the body bytes seen so far.
+    body_limit: Option<u64>,
+    body_seen: u64,
+    /// The upstream answered 101: the connection is a tunnel now (counted in a gauge until it ends).
+    upgraded: bool,
     tried: Vec<usize>,
     in_flight: Option<InFlight>,
     last_server: Option<String>,
@@ -162,6 +173,9 @@ impl ProxyHttp for Gateway {
             read_timeout: Duration::from_secs(30),
             upstream_path: None,
             path: None,
+            body_limit: None,
+            body_seen: 0,
+            upgraded: false,
             tried: Vec::new(),
             in_flight: None,
             last_server: None,
@@ -178,6 +192,13 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(now.mono);
         let runtime = self.shared.runtime();
         let reply = self.plan(session, ctx, &runtime, now).await;
+        // A body byte must come within body_timeout_secs; an upgraded tunnel may idle for the keep-alive time.
+        let limits = runtime.client_limits();
+        let upgrade = session.is_upgrade_req();
+        session.set_read_timeout(Some(if upgrade { limits.keepalive_timeout } else { limits.body_timeout }));
+        if upgrade {
+            ctx.read_timeout = limits.keepalive_timeout.max(Duration::from_secs(1));
+        }
         ctx.runtime = Some(runtime);
         match reply {
             None => Ok(false),
@@ -252,6 +273,25 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A declared length over the limit was refused before anything was forwarded; this catches a chunked
+        // body as it crosses the limit.
+        if let (Some(limit), Some(chunk)) = (ctx.body_limit, body.as_ref()) {
+            ctx.body_seen += chunk.len() as u64;
+            if ctx.body_seen > limit {
+                ctx.failure = Some(Failure::Client(ClientError::BodyTooLarge));
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over max_body_bytes"));
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -299,6 +339,10 @@ impl ProxyHttp for Gateway {
         }
         for (name, value) in ctx.response_headers.drain(..) {
             response.append_header(name, value)?;
+        }
+        if response.status.as_u16() == 101 && !ctx.upgraded {
+            ctx.upgraded = true;
+            self.shared.metrics.upgraded(1);
         }
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
@@ -355,6 +399,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.upgraded {
+            self.shared.metrics.upgraded(-1);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.take()) {
             let ok = e.is_none() && status < 500;
@@ -383,7 +430,8 @@ impl ProxyHttp for Gateway {
 /// Maps a Pingora error to the failure the client is told about.
 fn classify(e: &Error) -> Failure {
     match (e.esource(), e.etype()) {
-        (_, ErrorType::HTTPStatus(400)) => Failure::BadRequest,
+        (_, ErrorType::HTTPStatus(400)) => Failure::Client(ClientError::Malformed("bad request")),
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Failure::Client(ClientError::BodyTimeout),
         (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Failure::UpstreamTimeout,
         (
             _,
@@ -398,7 +446,7 @@ fn classify(e: &Error) -> Failure {
             | ErrorType::SocketError,
         ) => Failure::UpstreamConnect,
         (ErrorSource::Upstream, _) => Failure::UpstreamBroken,
-        (ErrorSource::Downstream, _) => Failure::BadRequest,
+        (ErrorSource::Downstream, _) => Failure::Client(ClientError::Malformed("bad request")),
         _ => Failure::Internal,
     }
 }

@@ -1,5 +1,6 @@
 //! The Pingora adapter: the ProxyHttp impl, the health driver, and the network seams.
 
+pub mod edge;
 pub mod gateway;
 mod headers;
 pub mod health;

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub connection_pool: PoolConfig,
     /// How request paths are normalised before any decision reads them.
     pub path: PathConfig,
+    /// What a client may send, and for how long (slowloris, oversized requests, connection floods).
+    pub client: ClientConfig,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +93,7 @@ impl Default for ServerConfig {
             tls: None,
             connection_pool: PoolConfig::default(),
             path: PathConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 }
@@ -120,6 +123,37 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self { max_idle: 128, idle_timeout_secs: 60, connect_timeout_secs: 10 }
+    }
+}
+
+/// The `server.client` section: limits on what a client may send (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// A request head not complete this long after its first byte (or the accept): 408 and close.
+    pub header_timeout_secs: u64,
+    /// No body byte for this long: 408 and close.
+    pub body_timeout_secs: u64,
+    /// An idle client connection is closed after this; 0 turns keep-alive off.
+    pub keepalive_timeout_secs: u64,
+    /// Request line and headers; over: 431.
+    pub max_header_bytes: usize,
+    /// Request body; over: 413 (routes may set their own); 0 = no limit.
+    pub max_body_bytes: u64,
+    /// Client connections at once; over: closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            keepalive_timeout_secs: 60,
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -355,6 +389,20 @@ pub struct RouteConfig {
     /// Middlewares, run in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub middlewares: Vec<String>,
+    /// Request body limit for this route (overrides `server.client.max_body_bytes`; 0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Whether HTTP/1.1 upgrades (WebSocket) are proxied; false answers them 400.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub websocket: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The `api_gateway.middlewares` section.

@@ -145,6 +145,8 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     strip_prefix: true,
                     timeout_secs: Some(timeout),
                     middlewares: vec![],
+                    max_body_bytes: None,
+                    websocket: true,
                 },
             );
             Config {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::{Config, ConfigError, ConfigErrors, Mode, UpstreamConfig};
+use crate::edge::ClientLimits;
 use crate::method::MethodSet;
 use crate::middleware::{self, Kind, Middlewares};
 use crate::route::{RouteSpec, RouteTable};
@@ -26,6 +27,7 @@ pub struct ValidConfig {
     pub(crate) routes: RouteTable,
     pub(crate) trusted: Vec<IpNet>,
     pub(crate) middlewares: Middlewares,
+    pub(crate) client: ClientLimits,
 }
 
 impl ValidConfig {
@@ -49,6 +51,7 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
     }
     let mut p = Problems::default();
     check_server(&config, &mut p);
+    let client = ClientLimits::compile(&config.server.client, &mut |path, msg| p.add(path, msg));
     check_logging(&config, &mut p);
     let groups: Vec<GroupSpec> = config.upstreams.iter().filter_map(|(name, u)| group_spec(name, u, &mut p)).collect();
     let group_index = |name: &str| config.upstreams.get_index_of(name);
@@ -71,6 +74,8 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
                     strip_prefix: false,
                     timeout: None,
                     middlewares: Vec::new(),
+                    max_body_bytes: client.max_body_bytes,
+                    websocket: true,
                 }),
             },
         },
@@ -121,6 +126,12 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
                         strip_prefix: route.strip_prefix,
                         timeout: route.timeout_secs.map(Duration::from_secs),
                         middlewares: kinds,
+                        max_body_bytes: match route.max_body_bytes {
+                            Some(0) => None,
+                            Some(n) => Some(n),
+                            None => client.max_body_bytes,
+                        },
+                        websocket: route.websocket,
                     });
                 }
             }
@@ -137,7 +148,7 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
     };
     let trusted = trusted_proxies(&config, &mut p);
     match (p.0.is_empty(), routes) {
-        (true, Some(routes)) => Ok(ValidConfig { config, groups, routes, trusted, middlewares }),
+        (true, Some(routes)) => Ok(ValidConfig { config, groups, routes, trusted, middlewares, client }),
         _ => Err(ConfigErrors(p.0)),
     }
 }

@@ -28,6 +28,10 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Middlewares, in the order they run.
     pub middlewares: Vec<crate::middleware::Kind>,
+    /// Largest request body accepted; `None` = no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Whether upgrades (WebSocket) are proxied.
+    pub websocket: bool,
     steps: Vec<crate::middleware::Step>,
     pattern: Regex,
     methods: MethodSet,
@@ -100,6 +104,10 @@ pub struct RouteSpec {
     pub timeout: Option<Duration>,
     /// Middlewares in order.
     pub middlewares: Vec<crate::middleware::Kind>,
+    /// Body limit, the server default already applied.
+    pub max_body_bytes: Option<u64>,
+    /// Upgrades allowed.
+    pub websocket: bool,
 }
 
 /// All routes, compiled.
@@ -124,6 +132,8 @@ impl RouteTable {
                     upstream: spec.upstream.into(),
                     timeout: spec.timeout,
                     middlewares: spec.middlewares,
+                    max_body_bytes: spec.max_body_bytes,
+                    websocket: spec.websocket,
                     steps: Vec::new(),
                     pattern,
                     methods: spec.methods,

@@ -10,6 +10,8 @@ fn spec(name: &str, pattern: &str, methods: &[&str], strip: bool) -> RouteSpec {
         strip_prefix: strip,
         timeout: None,
         middlewares: Vec::new(),
+        max_body_bytes: None,
+        websocket: true,
     }
 }
 
