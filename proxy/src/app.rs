@@ -201,6 +201,21 @@ impl Shared {
 }
 
 impl Shared {
+    /// Starts the connections to the shared rate-limit stores the config names, so the first request after
+    /// start-up already shares its bucket (called once the runtime is running; the connect is in the background
+    /// and bounded by the store's own timeouts).
+    pub fn warm_rate_stores(&self) {
+        for route in self.runtime().routes() {
+            for step in route.steps() {
+                if let locci_core::middleware::Step::RemoteRateLimit(limit) = step
+                    && let Some(remote) = &limit.settings.remote
+                {
+                    self.env.rate_stores.store(remote.url.expose()).warm();
+                }
+            }
+        }
+    }
+
     /// Asks the shared store for a token; when it cannot answer in time the limit's `on_error` applies, which
     /// is counted and logged (at most every 10 s).
     pub async fn take_shared_token(&self, route: &str, pending: &Pending) -> StoreReply {

@@ -83,6 +83,23 @@ fn two_proxies_sharing_redis_admit_together_no_more_than_burst_plus_rate_for_a_k
 }
 
 #[test]
+fn the_first_requests_of_two_fresh_proxies_already_share_the_bucket() {
+    // The case: with on_error allow and no warm-up, each proxy's first request used to fall back
+    // (12 admitted for a burst of 10). The store now connects at start-up, and a request that comes while the
+    // connect is under way waits for it (within timeout_ms) instead of falling back.
+    let redis = Redis::start_on(free_addr());
+    let b = backends(1);
+    let url = format!("redis://{}", redis.addr);
+    let (a, c) = (Proxy::start(&config(&b, &url, "allow", 60, 10)), Proxy::start(&config(&b, &url, "allow", 60, 10)));
+    let started = Instant::now();
+    let admitted = (0..30).filter(|i| status(if i % 2 == 0 { &a } else { &c }, "fresh") == 200).count();
+    let bound = 10 + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(admitted >= 10, "the burst must be available: {admitted}");
+    assert!(admitted <= bound, "{admitted} admitted across two fresh proxies, bound {bound}:\n{}", a.logs());
+    assert!(!a.logs().contains("falling back") && !c.logs().contains("falling back"), "a request fell back");
+}
+
+#[test]
 fn a_dead_redis_applies_on_error_at_once_and_recovery_resumes_shared_limiting() {
     let addr = free_addr();
     let redis = Redis::start_on(addr);

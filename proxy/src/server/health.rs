@@ -41,8 +41,10 @@ impl HealthDriver {
         HealthDriver { shared }
     }
 
-    /// Runs until `shutdown` fires (or forever when it never does).
+    /// Runs until `shutdown` fires (or forever when it never does). It is the first background task of a
+    /// running proxy, so it also starts the connections to shared rate-limit stores.
     pub async fn run(&self, mut shutdown: Option<ShutdownWatch>) {
+        self.shared.warm_rate_stores();
         // Keyed by the pool's address: BTreeMap, so nothing here depends on hash order.
         let mut running: BTreeMap<usize, Weak<Pool>> = BTreeMap::new();
         let mut tasks = JoinSet::new();

@@ -37,6 +37,10 @@ return {1, new - now}
 pub trait RateStore: Send + Sync + 'static {
     /// Takes a token from bucket `key` under `settings`, within the settings' timeout.
     async fn take(&self, key: &str, settings: &RateSettings) -> StoreReply;
+
+    /// Starts connecting, if the store needs a connection and has none (called at start-up, so the first
+    /// request already finds one).
+    fn warm(&self) {}
 }
 
 /// Stores by URL (a config may only name one, but a reload may change it).
@@ -63,6 +67,8 @@ pub struct RedisStore {
     client: Option<redis::Client>,
     conn: Arc<ArcSwapOption<ConnectionManager>>,
     connecting: Arc<AtomicBool>,
+    /// Woken when a connect succeeds, so a request that came while it was under way can use it.
+    connected: Arc<tokio::sync::Notify>,
     script: redis::Script,
 }
 
@@ -83,6 +89,7 @@ impl RedisStore {
             client,
             conn: Arc::new(ArcSwapOption::empty()),
             connecting: Arc::new(AtomicBool::new(false)),
+            connected: Arc::new(tokio::sync::Notify::new()),
             script: redis::Script::new(GCRA),
         }
     }
@@ -92,7 +99,8 @@ impl RedisStore {
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (conn, connecting) = (Arc::clone(&self.conn), Arc::clone(&self.connecting));
+        let (conn, connecting, connected) =
+            (Arc::clone(&self.conn), Arc::clone(&self.connecting), Arc::clone(&self.connected));
         tokio::spawn(async move {
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -101,6 +109,7 @@ impl RedisStore {
                 Ok(manager) => {
                     tracing::info!("connected to the rate-limit store");
                     conn.store(Some(Arc::new(manager)));
+                    connected.notify_waiters();
                 }
                 Err(e) => {
                     tracing::warn!(error_kind = ?e.kind(), "cannot connect to the rate-limit store");
@@ -112,21 +121,47 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    async fn wait_connected(&self) -> Arc<ConnectionManager> {
+        loop {
+            let notified = self.connected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(manager) = self.conn.load_full() {
+                return manager;
+            }
+            self.connect_in_background();
+            notified.await;
+        }
+    }
+}
+
 #[async_trait]
 impl RateStore for RedisStore {
+    fn warm(&self) {
+        self.connect_in_background();
+    }
+
     async fn take(&self, key: &str, settings: &RateSettings) -> StoreReply {
-        let Some(manager) = self.conn.load_full() else {
-            self.connect_in_background();
-            return StoreReply::Unavailable;
-        };
         let Some(remote) = &settings.remote else { return StoreReply::Unavailable };
+        let started = tokio::time::Instant::now();
+        let manager = match self.conn.load_full() {
+            Some(manager) => manager,
+            // No connection yet: one is started (or already under way) and this request waits for it, within
+            // the same timeout as any answer from the store; only then does the fallback apply.
+            None => match tokio::time::timeout(remote.timeout, self.wait_connected()).await {
+                Ok(manager) => manager,
+                Err(_) => return StoreReply::Unavailable,
+            },
+        };
+        let remaining = remote.timeout.saturating_sub(started.elapsed());
         let mut conn = (*manager).clone();
         let interval_us = settings.interval.as_micros().max(1) as u64;
         let capacity_us = settings.capacity_ns() / 1000;
         let mut invocation = self.script.key(key);
         invocation.arg(interval_us).arg(capacity_us);
         let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
-        match tokio::time::timeout(remote.timeout, call).await {
+        match tokio::time::timeout(remaining, call).await {
             Ok(Ok((admitted, ahead_us))) => {
                 StoreReply::Answer(StoreAnswer { allowed: admitted == 1, ahead_ns: ahead_us.max(0) as u64 * 1000 })
             }

@@ -108,3 +108,51 @@ fn a_shared_store_limit_pauses_the_plan_and_the_reply_decides() {
         }
     }
 }
+
+const EDGE: &str = "mode: api_gateway\nserver: { client: { max_body_bytes: 100 } }\nupstreams:\n  u: { servers: [\"10.0.0.1:80\"] }\n\
+                    api_gateway:\n  routes:\n    small: { path_pattern: \"^/small\", upstream: u }\n\
+                    \x20   big: { path_pattern: \"^/big\", upstream: u, max_body_bytes: 1000 }\n\
+                    \x20   free: { path_pattern: \"^/free\", upstream: u, max_body_bytes: 0 }\n\
+                    \x20   nows: { path_pattern: \"^/nows\", upstream: u, websocket: false }\n";
+
+#[test]
+fn declared_bodies_over_the_route_limit_and_refused_upgrades_are_answered_before_the_middlewares() {
+    let rt = runtime(EDGE, None);
+    let length = |n: &'static str| [("content-length", n)];
+    let (l101, l1001) = (length("101"), length("1001"));
+    assert_eq!(status(&plan(&rt, "POST", "/small", &HeaderPairs(&length("100")))), 0, "at the limit is fine");
+    assert_eq!(status(&plan(&rt, "POST", "/small", &HeaderPairs(&l101))), 413, "the server default");
+    assert_eq!(status(&plan(&rt, "POST", "/big", &HeaderPairs(&l101))), 0, "the route's own limit");
+    assert_eq!(status(&plan(&rt, "POST", "/big", &HeaderPairs(&l1001))), 413);
+    assert_eq!(status(&plan(&rt, "POST", "/free", &HeaderPairs(&length("99999999")))), 0, "0 = no limit");
+    let upgrade = [("upgrade", "websocket"), ("connection", "upgrade")];
+    assert_eq!(status(&plan(&rt, "GET", "/nows", &HeaderPairs(&upgrade))), 400);
+    assert_eq!(status(&plan(&rt, "GET", "/small", &HeaderPairs(&upgrade))), 0, "upgrades are on by default");
+}
+
+proptest::proptest! {
+    // Whatever a client sends — any method, path and headers, through normalisation, the framing verdict and
+    // the whole plan with every middleware — the core answers and never panics.
+    #[test]
+    fn arbitrary_request_heads_are_answered_without_a_panic(
+        method in "[A-Z]{1,8}|\\PC{0,8}",
+        path in "/\\PC{0,48}|\\PC{0,16}",
+        headers in proptest::collection::vec(("[a-zA-Z-]{1,16}|content-length|transfer-encoding|host|authorization|origin|upgrade", "\\PC{0,32}"), 0..8),
+    ) {
+        const FULL: &str = "mode: api_gateway\nupstreams:\n  u: { servers: [\"10.0.0.1:80\"], strategy: consistent, hash_key: path }\n\
+            api_gateway:\n  routes:\n    all: { path_pattern: \"^/\", upstream: u, strip_prefix: true, middlewares: [cors, rate_limit, auth] }\n\
+            \x20 middlewares:\n    rate_limiting: { requests_per_minute: 60, key_header: X-Key }\n\
+            \x20   authentication: { jwt_secret: a-long-enough-test-secret-value, excluded_paths: [\"^/public/\"] }\n\
+            \x20   cors: { allowed_origins: [\"*\"] }\n";
+        let rt = runtime(FULL, None);
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let _ = crate::edge::check_framing(1, &path, pairs.iter().map(|(k, v)| (*k, v.as_bytes())));
+        if let Ok(normalized) = rt.normalize_path(&path) {
+            let headers = HeaderPairs(&pairs);
+            let p = plan(&rt, &method, &normalized, &headers);
+            if let Plan::Forward { route, .. } = p {
+                let _ = route.upstream_path(&normalized, None);
+            }
+        }
+    }
+}
