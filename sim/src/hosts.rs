@@ -241,3 +241,74 @@ async fn exchange(req: &Planned) -> std::io::Result<u16> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
 }
+
+/// One client attack, as the timeline planned it.
+#[derive(Debug, Clone)]
+pub struct AttackPlan {
+    /// Slowloris (trickle a head) or flood (send nothing).
+    pub slowloris: bool,
+    /// Connections opened at `from`.
+    pub connections: usize,
+    /// When the attack starts.
+    pub from: Duration,
+    /// When the attacker gives up on the connections still open.
+    pub to: Duration,
+    /// Time between two header lines (slowloris).
+    pub interval: Duration,
+}
+
+/// Plays the attacks: each connection records when and how it ended.
+pub async fn attacker(attacks: Vec<AttackPlan>, trace: Trace) -> turmoil::Result {
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for attack in attacks {
+        tokio::time::sleep_until(start + attack.from).await;
+        for _ in 0..attack.connections {
+            let (attack, trace) = (attack.clone(), trace.clone());
+            tasks.spawn_local(async move { attack_one(&attack, start + attack.to, &trace).await });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn attack_one(attack: &AttackPlan, until: tokio::time::Instant, trace: &Trace) {
+    let opened = tokio::time::Instant::now();
+    let kind = if attack.slowloris { "slowloris" } else { "flood" };
+    let Ok(mut stream) = TcpStream::connect(("proxy", PROXY_PORT)).await else {
+        // Refused at once (max_connections): that is a cut-off too.
+        trace.push(Event::Attacker { t_us: now_us(), kind: kind.into(), lasted_us: 0, cut_off: true, status: None });
+        return;
+    };
+    if attack.slowloris {
+        let _ = stream.write_all(b"GET /slow HTTP/1.1\r\nHost: proxy\r\n").await;
+    }
+    let mut buf = vec![0u8; 1024];
+    let mut line = 0u64;
+    let ended = loop {
+        let wait = if attack.slowloris {
+            attack.interval
+        } else {
+            until.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) => {
+                break Some(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.split(' ').nth(1)?.parse().ok()));
+            }
+            Ok(Err(_)) => break Some(None),
+            Err(_) if tokio::time::Instant::now() >= until => break None,
+            Err(_) => {
+                line += 1;
+                if stream.write_all(format!("X-Trickle-{line}: x\r\n").as_bytes()).await.is_err() {
+                    break Some(None);
+                }
+            }
+        }
+    };
+    let lasted_us = us(opened.elapsed());
+    let (cut_off, status) = match ended {
+        Some(status) => (true, status),
+        None => (false, None),
+    };
+    trace.push(Event::Attacker { t_us: now_us(), kind: kind.into(), lasted_us, cut_off, status });
+}

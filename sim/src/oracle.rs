@@ -95,6 +95,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
                 traffic(events, &reqs, &t.target, (us(t.from), t.to.map_or(load_end, us)), t.min, t.max)
             }
             Invariant::MaxTransitions(m) => max_transitions(events, &m.target, m.max),
+            Invariant::AttackersCutOff(c) => attackers_cut_off(events, us(c.within)),
         })
         .collect()
 }
@@ -303,6 +304,31 @@ pub fn fmt_us(t: u64) -> String {
     }
     let ms = t / 1000;
     if ms >= 1000 { format!("{:.3}s", t as f64 / 1e6) } else { format!("{ms}ms") }
+}
+
+fn attackers_cut_off(events: &[Event], within_us: u64) -> Verdict {
+    let mut count = 0;
+    let mut late = None;
+    let mut longest = 0;
+    for e in events {
+        if let Event::Attacker { t_us, lasted_us, cut_off, .. } = e {
+            count += 1;
+            longest = longest.max(*lasted_us);
+            if (!cut_off || *lasted_us > within_us) && late.is_none() {
+                late = Some(*t_us);
+            }
+        }
+    }
+    verdict(
+        "attackers_cut_off",
+        count > 0 && late.is_none(),
+        format!(
+            "{count} attacker connection(s), the longest open {} ms (at most {} ms)",
+            longest / 1000,
+            within_us / 1000
+        ),
+        late,
+    )
 }
 
 fn max_transitions(events: &[Event], target: &str, max: usize) -> Verdict {

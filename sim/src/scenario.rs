@@ -216,6 +216,28 @@ pub enum Fault {
     Reload(Reload),
     /// Extra load from one key.
     Storm(Storm),
+    /// Attacker connections that trickle a request head, one header line per `interval`, never finishing it.
+    Slowloris(Attack),
+    /// Attacker connections opened at once that send nothing and hold their slot.
+    Flood(Attack),
+}
+
+/// `slowloris` and `flood`: connections from a separate attacker host, beside the ordinary load.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    /// How many connections, opened at once.
+    pub connections: usize,
+    /// How long the attacker keeps trying.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Time between two header lines (slowloris).
+    #[serde(default = "attack_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+fn attack_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `slow`.
@@ -393,6 +415,17 @@ pub enum Invariant {
     Traffic(Traffic),
     /// A server changes state (down or up) at most `max` times.
     MaxTransitions(MaxTransitions),
+    /// Every attacker connection (slowloris, flood) is closed by the proxy within `within` of its opening.
+    AttackersCutOff(CutOff),
+}
+
+/// `attackers_cut_off`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutOff {
+    /// Longest an attacker connection may stay open.
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
 }
 
 /// `max_transitions`.
@@ -571,8 +604,8 @@ impl Scenario {
         if hosts.len() != self.hosts().len() {
             p.push("upstreams: two hosts have the same name".into());
         }
-        if hosts.contains("proxy") || hosts.contains("client") {
-            p.push("upstreams: \"proxy\" and \"client\" are taken".into());
+        if hosts.contains("proxy") || hosts.contains("client") || hosts.contains("attacker") {
+            p.push("upstreams: \"proxy\", \"client\" and \"attacker\" are taken".into());
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             if u.replicas == 0 || u.replicas > 64 {
@@ -600,6 +633,15 @@ impl Scenario {
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {
                         p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));
+                    }
+                    None
+                }
+                Fault::Slowloris(a) | Fault::Flood(a) => {
+                    if !(1..=2000).contains(&a.connections) {
+                        p.push(format!("timeline[{i}]: connections must be 1 to 2000"));
+                    }
+                    if a.interval.is_zero() {
+                        p.push(format!("timeline[{i}]: interval must be above 0"));
                     }
                     None
                 }

@@ -28,6 +28,9 @@ pub enum Event {
     Fault { t_us: u64, what: String },
     /// A reload was applied (`generation`) or refused (`error`).
     Reload { t_us: u64, generation: Option<u64>, error: Option<String> },
+    /// An attacker connection ended: closed by the proxy (`status` it answered, if any) after `lasted_us`, or
+    /// still open when the attack stopped (`cut_off` false).
+    Attacker { t_us: u64, kind: String, lasted_us: u64, cut_off: bool, status: Option<u16> },
 }
 
 impl Event {
@@ -40,7 +43,8 @@ impl Event {
             | Event::Received { t_us, .. }
             | Event::Health { t_us, .. }
             | Event::Fault { t_us, .. }
-            | Event::Reload { t_us, .. } => *t_us,
+            | Event::Reload { t_us, .. }
+            | Event::Attacker { t_us, .. } => *t_us,
         }
     }
 }

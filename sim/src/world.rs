@@ -48,6 +48,8 @@ pub struct Expanded {
     pub storms: Vec<(String, String, String, f64, Duration, Duration)>,
     /// What swarm mode drew, for `explain` and reports.
     pub knobs: Vec<String>,
+    /// Client attacks (kept after swarm selection).
+    pub attacks: Vec<hosts::AttackPlan>,
 }
 
 /// Expands the timeline; with `swarm`, keeps each event with the scenario's probability and scales
@@ -106,6 +108,13 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             Fault::Storm(x) => {
                 out.storms.push((x.key_header.clone(), x.key.clone(), x.path.clone(), x.rate, at, at + d(x.duration)))
             }
+            Fault::Slowloris(x) | Fault::Flood(x) => out.attacks.push(hosts::AttackPlan {
+                slowloris: matches!(e.fault, Fault::Slowloris(_)),
+                connections: x.connections,
+                from: at,
+                to: at + d(x.duration),
+                interval: x.interval,
+            }),
         }
     }
     if swarm && let Some(heal) = s.swarm.heal_at {
@@ -127,6 +136,8 @@ fn name(f: &Fault) -> &'static str {
         Fault::Flap(_) => "flap",
         Fault::Reload(_) => "reload",
         Fault::Storm(_) => "storm",
+        Fault::Slowloris(_) => "slowloris",
+        Fault::Flood(_) => "flood",
     }
 }
 
@@ -209,6 +220,9 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
         .tick_duration(s.sim.tick)
         .min_message_latency(s.sim.link_latency.min)
         .max_message_latency(s.sim.link_latency.max)
+        // Room in each host's TCP buffer for a connection flood (turmoil's default of 64 panics under one);
+        // only a scenario that exceeds the default sees a difference.
+        .tcp_capacity(4096)
         .build();
     let trace = Trace::default();
     let mut behaviours: BTreeMap<String, (Live<Behaviour>, Behaviour)> = BTreeMap::new();
@@ -246,6 +260,10 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     });
     sim.host("proxy", move || hosts::proxy(Rc::clone(&proxy_host)));
     sim.client("client", hosts::client(plan, s.load.timeout, trace.clone()));
+    // Only scenarios with attacks get the attacker host, so every other scenario's world is unchanged.
+    if !expanded.attacks.is_empty() {
+        sim.client("attacker", hosts::attacker(expanded.attacks.clone(), trace.clone()));
+    }
 
     let mut pending = expanded.actions.clone().into_iter().peekable();
     let mut health: BTreeMap<String, bool> = BTreeMap::new();

@@ -213,6 +213,7 @@ fn connections_over_max_connections_are_closed_at_accept_and_counted() {
 fn ambiguous_framing_and_malformed_heads_get_400_and_reach_no_upstream() {
     let b = backends(1);
     let proxy = Proxy::start(&config(&b, "{}"));
+    let started = std::time::Instant::now();
     let cases: &[(&str, &[u8], &str)] = &[
         (
             "CL and TE",
@@ -254,8 +255,16 @@ fn ambiguous_framing_and_malformed_heads_get_400_and_reach_no_upstream() {
         assert_eq!(status, 400, "{what}: {body}");
         assert_json_error(&body, error);
     }
+    // Pingora's own refusal of CONNECT has an empty body; locci answers it first, as every other refusal.
+    let (status, body) = send(proxy.addr, b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n");
+    assert_eq!(status, 405, "{body}");
+    assert_json_error(&body, "CONNECT is not proxied");
     assert_eq!(b[0].requests(), 0, "a refused request reached the upstream");
-    assert!(rejected(&proxy, "bad_request") >= cases.len() as f64);
+    assert!(rejected(&proxy, "bad_request") >= cases.len() as f64 + 1.0);
+    // Every refusal is counted, but the log gets at most one line a second per reason: no log flood.
+    let lines = proxy.logs().matches("client refused at the edge").count();
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    assert!((1..=seconds).contains(&lines), "{lines} log lines for {} refusals in {seconds} s", cases.len() + 1);
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub enum ClientError {
     BodyTooLarge,
     /// The request is malformed or ambiguous: 400 with this text.
     Malformed(&'static str),
+    /// `CONNECT`: locci is not a forward proxy (405).
+    Connect,
     /// Over `max_connections`: closed at accept, no answer.
     MaxConnections,
 }
@@ -41,7 +43,7 @@ impl ClientError {
             ClientError::BodyTimeout => "body_timeout",
             ClientError::HeaderTooLarge => "header_too_large",
             ClientError::BodyTooLarge => "body_too_large",
-            ClientError::Malformed(_) => "bad_request",
+            ClientError::Malformed(_) | ClientError::Connect => "bad_request",
             ClientError::MaxConnections => "max_connections",
         }
     }
@@ -54,6 +56,7 @@ impl ClientError {
             ClientError::HeaderTooLarge => Some((431, "request header too large")),
             ClientError::BodyTooLarge => Some((413, "request body too large")),
             ClientError::Malformed(text) => Some((400, text)),
+            ClientError::Connect => Some((405, "CONNECT is not proxied")),
             ClientError::MaxConnections => None,
         }
     }
@@ -103,6 +106,11 @@ impl ClientLimits {
             max_connections: c.max_connections,
         }
     }
+}
+
+/// The verdict on a parsed request head's method.
+pub fn check_method(method: &str) -> Result<(), ClientError> {
+    if method.eq_ignore_ascii_case("CONNECT") { Err(ClientError::Connect) } else { Ok(()) }
 }
 
 /// The framing verdict on a parsed request head (`version` 0 for HTTP/1.0, 1 for HTTP/1.1; `target` the
@@ -218,6 +226,13 @@ mod tests {
         assert_eq!(reasons, ClientError::REASONS);
         let codes: Vec<_> = statuses.iter().map(|(_, s)| *s).collect();
         assert_eq!(codes, [Some(408), Some(408), Some(431), Some(413), Some(400), None]);
+    }
+
+    #[test]
+    fn connect_is_refused_with_405() {
+        assert_eq!(check_method("CONNECT"), Err(ClientError::Connect));
+        assert_eq!(ClientError::Connect.status(), Some((405, "CONNECT is not proxied")));
+        assert_eq!(check_method("GET"), Ok(()));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use locci_core::edge::{ClientError, ClientLimits, MAX_HEADERS, check_framing};
+use locci_core::edge::{ClientError, ClientLimits, MAX_HEADERS, check_framing, check_method};
 use locci_core::forwarding;
 use locci_core::respond::Failure;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -222,7 +222,9 @@ fn verdict(parsed: httparse::Result<usize>, req: &httparse::Request<'_, '_>) -> 
         Ok(httparse::Status::Partial) => Verdict::Partial,
         Ok(httparse::Status::Complete(_)) => {
             let headers = req.headers.iter().map(|h| (h.name, h.value));
-            match check_framing(req.version.unwrap_or(1), req.path.unwrap_or(""), headers) {
+            let verdict = check_method(req.method.unwrap_or(""))
+                .and_then(|()| check_framing(req.version.unwrap_or(1), req.path.unwrap_or(""), headers));
+            match verdict {
                 Ok(()) => Verdict::Complete,
                 Err(error) => Verdict::Refused(error),
             }
