@@ -89,16 +89,18 @@ sim_bin := sim_target + "/sim/locci-sim"
 sim-build:
     RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR={{sim_target}} cargo build -q -j {{jobs}} --profile sim -p locci-sim
 
-# Every scenario over seeds 1..=8, the swarm scenario over 8 swarm seeds, the kept regressions, and a determinism check.
+# Every scenario over seeds 1..=8, the swarm scenario over 8 swarm seeds, the kept regressions, a determinism
+# check, and the simulator's own command-line tests (on this same seeded build).
 sim seeds="8": sim-build
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR={{sim_target}} cargo test -q -j {{jobs}} --profile sim -p locci-sim --test cli
     {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
     {{sim_bin}} sweep scenarios/swarm-mixed.yaml --swarm --seeds {{seeds}} --jobs {{jobs}}
     {{sim_bin}} check scenarios/one-of-three-dies.yaml --seed 7
     {{sim_bin}} check scenarios/swarm-mixed.yaml --seed 3 --swarm
 
-# Run one scenario: just sim-one scenarios/partition.yaml 42
-sim-one scenario seed="1": sim-build
-    {{sim_bin}} run {{scenario}} --seed {{seed}} --plot target/sim-{{seed}}.svg
+# Run one scenario (the replay command a failure prints): just sim-one scenarios/partition.yaml 42 [--swarm]
+sim-one scenario seed="1" *flags: sim-build
+    {{sim_bin}} run {{scenario}} --seed {{seed}} {{flags}} --plot target/sim-{{seed}}.svg
 
 # Many seeds, swarm mode (nightly): just sim-nightly 500
 sim-nightly seeds="200": sim-build

@@ -94,7 +94,17 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Without tokio_unstable, tokio's select! picks its branches from a thread-local RNG the seed does not
+    // reach, so a seed would not replay: refuse rather than print a trace hash that means nothing.
+    if !cfg!(tokio_unstable) {
+        eprintln!(
+            "locci-sim: built without --cfg tokio_unstable, so runs are not deterministic and seeds do not replay.\n\
+             Build and run it with `just sim` or `just sim-one SCENARIO SEED` (they set RUSTFLAGS=\"--cfg tokio_unstable\")."
+        );
+        return ExitCode::from(SIM_ERROR);
+    }
+    match cli.command {
         Cmd::Run { scenario, seed, swarm, trace, plot, quiet, log } => {
             run(&scenario, seed, swarm, trace.as_deref(), plot.as_deref(), quiet, log)
         }
@@ -183,8 +193,31 @@ fn tracing_subscriber_init(level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The command that replays a run, as it can be pasted from the repository root.
 fn replay(path: &Path, seed: u64, swarm: bool) -> String {
-    format!("locci-sim run {} --seed {seed}{}", path.display(), if swarm { " --swarm" } else { "" })
+    format!("just sim-one {} {seed}{}", path.display(), if swarm { " --swarm" } else { "" })
+}
+
+/// Where a failing sweep run's trace and plot are kept.
+const FAILURES_DIR: &str = "target/sim-failures";
+
+/// Runs a failed (scenario, seed) once more, deterministically, writing its trace and plot under
+/// [`FAILURES_DIR`]; returns the paths written.
+fn keep_failure(path: &Path, seed: u64, swarm: bool) -> Option<(PathBuf, PathBuf)> {
+    let dir = Path::new(FAILURES_DIR);
+    std::fs::create_dir_all(dir).ok()?;
+    let stem = path.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned());
+    let base = format!("{stem}-{seed}{}", if swarm { "-swarm" } else { "" });
+    let (trace, plot) = (dir.join(format!("{base}.jsonl")), dir.join(format!("{base}.svg")));
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = Process::new(exe);
+    cmd.arg("run").arg(path).arg("--seed").arg(seed.to_string()).arg("--quiet");
+    cmd.arg("--trace").arg(&trace).arg("--plot").arg(&plot);
+    if swarm {
+        cmd.arg("--swarm");
+    }
+    cmd.output().ok()?;
+    (trace.exists() && plot.exists()).then_some((trace, plot))
 }
 
 /// One child run: its exit code and result line.
@@ -302,8 +335,11 @@ fn sweep(scenarios: Vec<PathBuf>, from: u64, seeds: u64, jobs: Option<usize>, sw
                     let Some((path, seed, swarm)) = runs.get(i) else { break };
                     let out = child(path, *seed, *swarm);
                     if out.code != 0 {
+                        let kept = keep_failure(path, *seed, *swarm).map_or_else(String::new, |(t, p)| {
+                            format!("\n  kept: {} and {}", t.display(), p.display())
+                        });
                         let msg = format!(
-                            "FAILED scenario={} seed={seed} {}\n  replay: {}",
+                            "FAILED scenario={} seed={seed} {}\n  replay: {}{kept}",
                             path.display(),
                             out.line.trim_start_matches("RESULT "),
                             replay(path, *seed, *swarm)
