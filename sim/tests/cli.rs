@@ -5,7 +5,7 @@
 // `cargo test` builds it without, and checks instead that such a build refuses to run.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 #[cfg(not(tokio_unstable))]
 #[test]
@@ -24,6 +24,8 @@ fn a_build_without_tokio_unstable_refuses_to_run_and_says_how_to_build_it() {
 
 #[cfg(tokio_unstable)]
 mod seeded {
+    use std::process::Output;
+
     use super::*;
 
     fn sim(args: &[&str]) -> Output {

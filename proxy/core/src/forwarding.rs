@@ -68,6 +68,19 @@ pub fn connection_listed(connection: Option<&str>) -> impl Iterator<Item = &str>
     connection.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// Hop-by-hop headers the proxy removes itself before forwarding; the HTTP layer owns `connection`, `upgrade`
+/// and `transfer-encoding`, which frame the message (the rest of [`HOP_BY_HOP`]).
+pub const STRIPPED: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+
+/// The names a `Connection` header lists that the proxy removes too (RFC 9110 §7.6.1): all but the
+/// connection options themselves (`close`, `keep-alive`) and `upgrade`, which the HTTP layer needs to proxy an
+/// upgrade.
+pub fn listed_hop_by_hop(connection: Option<&str>) -> impl Iterator<Item = &str> {
+    connection_listed(connection).filter(|h| {
+        !h.eq_ignore_ascii_case("upgrade") && !h.eq_ignore_ascii_case("keep-alive") && !h.eq_ignore_ascii_case("close")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +103,16 @@ mod tests {
         assert_eq!(client_ip(peer, Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
         assert_eq!(client_ip(peer, None, &trusted), peer);
         assert_eq!(client_ip(peer, Some("garbage"), &trusted), peer);
+    }
+
+    #[test]
+    fn headers_a_connection_header_lists_are_hop_by_hop_but_not_its_options_or_upgrade() {
+        let listed: Vec<&str> = listed_hop_by_hop(Some("keep-alive, X-Secret, Upgrade, close, , x-trace")).collect();
+        assert_eq!(listed, ["X-Secret", "x-trace"]);
+        assert_eq!(listed_hop_by_hop(None).count(), 0);
+        for name in STRIPPED {
+            assert!(HOP_BY_HOP.contains(&name), "{name}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! very same code.
 #![forbid(unsafe_code)]
 
+pub mod attempt;
 pub mod clock;
 pub mod config;
 pub mod edge;

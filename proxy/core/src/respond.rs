@@ -19,8 +19,14 @@ pub enum Failure {
     Client(crate::edge::ClientError),
     /// A bug or an unexpected state inside the proxy.
     Internal,
-    /// A middleware answered with its own status and headers.
-    Middleware(Reply),
+    /// The rate limit is exhausted: 429, with the `RateLimit-*` and `Retry-After` headers.
+    RateLimited(Vec<(&'static str, String)>),
+    /// Authentication failed: 401, with its `WWW-Authenticate` challenge (and earlier steps' headers).
+    Unauthorized(Vec<(&'static str, String)>),
+    /// A CORS preflight from an origin or for a method that is not allowed: 403.
+    CorsRejected,
+    /// A CORS preflight answered by the proxy: 204 with its `Access-Control-*` headers (not an error).
+    Preflight(Vec<(&'static str, String)>),
 }
 
 /// A response the proxy makes itself.
@@ -52,9 +58,21 @@ impl Failure {
             Failure::UpstreamBroken => (502, "bad upstream response"),
             Failure::Client(e) => e.status().unwrap_or((400, "bad request")),
             Failure::Internal => (500, "internal error"),
-            Failure::Middleware(reply) => return reply.clone(),
+            Failure::RateLimited(headers) => {
+                return Reply { status: 429, error: Some("rate limit exceeded"), headers: headers.clone() };
+            }
+            Failure::Unauthorized(headers) => {
+                return Reply { status: 401, error: Some("unauthorized"), headers: headers.clone() };
+            }
+            Failure::CorsRejected => (403, "cors preflight rejected"),
+            Failure::Preflight(headers) => return Reply { status: 204, error: None, headers: headers.clone() },
         };
         Reply { status, error: Some(error), headers: Vec::new() }
+    }
+
+    /// Whether it counts as an error (`locci_errors_total`); an answered preflight does not.
+    pub fn is_error(&self) -> bool {
+        !matches!(self, Failure::Preflight(_))
     }
 
     /// A small fixed name for metrics and logs.
@@ -68,7 +86,10 @@ impl Failure {
             Failure::UpstreamBroken => "upstream_broken",
             Failure::Client(e) => e.reason(),
             Failure::Internal => "internal",
-            Failure::Middleware(_) => "middleware",
+            Failure::RateLimited(_) => "rate_limited",
+            Failure::Unauthorized(_) => "unauthorized",
+            Failure::CorsRejected => "cors_rejected",
+            Failure::Preflight(_) => "preflight",
         }
     }
 }
@@ -99,6 +120,10 @@ mod tests {
             (Failure::Client(crate::edge::ClientError::Malformed("x")), 400),
             (Failure::Client(crate::edge::ClientError::BodyTooLarge), 413),
             (Failure::Internal, 500),
+            (Failure::RateLimited(Vec::new()), 429),
+            (Failure::Unauthorized(Vec::new()), 401),
+            (Failure::CorsRejected, 403),
+            (Failure::Preflight(Vec::new()), 204),
         ];
         for (failure, status) in cases {
             assert_eq!(failure.reply().status, status, "{failure:?}");

@@ -204,13 +204,8 @@ impl Runtime {
             Ok(outcome) => outcome,
             Err(pending) => return Plan::Remote { route, pending },
         };
-        if let Some(reply) = outcome.reply {
-            return Plan::Respond {
-                route: Some(route),
-                failure: Failure::Middleware(reply),
-                rejection: outcome.rejection,
-                headers: Vec::new(),
-            };
+        if let Some(failure) = outcome.reply {
+            return Plan::Respond { route: Some(route), failure, rejection: outcome.rejection, headers: Vec::new() };
         }
         match self.pools.get(route.group).and_then(|pool| pool.select(req, &[], entropy)) {
             Some(server) => {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use locci_core::attempt::{Attempts, UpstreamError, live_success};
 use locci_core::edge::ClientError;
 use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
@@ -25,10 +26,6 @@ use super::health::log_transition;
 use super::transport::resolve;
 use crate::app::{RequestGuard, Shared};
 use crate::observe::NO_LABEL;
-
-/// Headers the proxy removes before forwarding; Pingora itself owns `connection`, `upgrade` and
-/// `transfer-encoding`, which frame the message.
-const STRIPPED: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
 
 /// The locci proxy application.
 pub struct Gateway {
@@ -115,7 +112,8 @@ impl Gateway {
                 metrics.error(mode, e.reason());
                 self.shared.client_rejected(*e);
             }
-            (None, Some(failure)) => metrics.error(mode, failure.kind()),
+            (None, Some(failure)) if failure.is_error() => metrics.error(mode, failure.kind()),
+            (None, Some(_)) => {}
             (None, None) => {}
         }
     }
@@ -141,10 +139,9 @@ pub struct RequestCtx {
     body_seen: u64,
     /// The upstream answered 101: the connection is a tunnel now (counted in a gauge until it ends).
     upgraded: bool,
-    tried: Vec<usize>,
+    attempts: Attempts,
     in_flight: Option<InFlight>,
     last_server: Option<String>,
-    attempts: u32,
     response_headers: Vec<(&'static str, String)>,
     failure: Option<Failure>,
     rejection: Option<Rejection>,
@@ -176,10 +173,9 @@ impl ProxyHttp for Gateway {
             body_limit: None,
             body_seen: 0,
             upgraded: false,
-            tried: Vec::new(),
+            attempts: Attempts::new(),
             in_flight: None,
             last_server: None,
-            attempts: 0,
             response_headers: Vec::new(),
             failure: None,
             rejection: None,
@@ -222,16 +218,16 @@ impl ProxyHttp for Gateway {
                     let header = session.req_header();
                     let headers = HeaderView(header);
                     let req = headers.request(ctx.client_ip, ctx.path.as_deref().unwrap_or(header.uri.path()));
-                    let Some(idx) = pool.select(&req, &ctx.tried, &*self.shared.env.entropy) else {
-                        ctx.failure = Some(if ctx.tried.is_empty() {
-                            Failure::NoHealthyUpstream
-                        } else {
-                            Failure::UpstreamConnect
-                        });
-                        return Err(Error::explain(ErrorType::ConnectNoRoute, "no server left to try"));
-                    };
-                    ctx.in_flight = Some(pool.begin(idx));
-                    idx
+                    match ctx.attempts.next(&pool, &req, &*self.shared.env.entropy) {
+                        Ok(idx) => {
+                            ctx.in_flight = Some(pool.begin(idx));
+                            idx
+                        }
+                        Err(failure) => {
+                            ctx.failure = Some(failure);
+                            return Err(Error::explain(ErrorType::ConnectNoRoute, "no server left to try"));
+                        }
+                    }
                 }
             };
             let Some(server) = pool.servers().get(idx) else {
@@ -245,12 +241,11 @@ impl ProxyHttp for Gateway {
                     Err(e) => {
                         tracing::warn!(upstream = pool.name(), server = %server.addr.text, error = %e, "cannot resolve server");
                         ctx.in_flight = None;
-                        ctx.tried.push(idx);
-                        ctx.attempts += 1;
-                        if pool.may_retry(ctx.attempts) {
+                        let now = self.shared.env.clock.now();
+                        if ctx.attempts.fail(&pool, idx, UpstreamError::Unresolved, now).retry {
                             continue;
                         }
-                        ctx.failure = Some(Failure::UpstreamConnect);
+                        ctx.failure = Some(UpstreamError::Unresolved.failure());
                         return Err(Error::explain(ErrorType::ConnectNoRoute, "cannot resolve server"));
                     }
                 },
@@ -302,15 +297,10 @@ impl ProxyHttp for Gateway {
             let uri = path.parse().map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
             upstream.set_uri(uri);
         }
-        let listed: Vec<String> = forwarding::connection_listed(HeaderView(upstream).get("connection"))
-            .filter(|h| {
-                !h.eq_ignore_ascii_case("upgrade")
-                    && !h.eq_ignore_ascii_case("keep-alive")
-                    && !h.eq_ignore_ascii_case("close")
-            })
+        let listed: Vec<String> = forwarding::listed_hop_by_hop(HeaderView(upstream).get("connection"))
             .map(str::to_ascii_lowercase)
             .collect();
-        for name in STRIPPED.iter().copied().chain(listed.iter().map(String::as_str)) {
+        for name in forwarding::STRIPPED.iter().copied().chain(listed.iter().map(String::as_str)) {
             upstream.remove_header(name);
         }
         let xff = forwarding::forwarded_for(HeaderView(upstream).get("x-forwarded-for"), ctx.peer);
@@ -358,23 +348,24 @@ impl ProxyHttp for Gateway {
         let Some(pool) = ctx.pool().cloned() else {
             return e;
         };
-        if let Some(in_flight) = ctx.in_flight.take() {
-            let idx = in_flight.server();
-            ctx.tried.push(idx);
-            let now = self.shared.env.clock.now();
-            if let Some(t) = pool.report(idx, false, now) {
-                log_transition(&pool, idx, t, "connect failures");
-            }
-            tracing::warn!(upstream = pool.name(), server = ctx.last_server.as_deref().unwrap_or(""),
-                error_type = e.etype().as_str(), request_id = %ctx.request_id, "upstream connect failed");
+        let Some(in_flight) = ctx.in_flight.take() else {
+            e.set_retry(false);
+            return e;
+        };
+        let idx = in_flight.server();
+        let error = connect_error(e.etype()).unwrap_or(UpstreamError::Connect);
+        let after = ctx.attempts.fail(&pool, idx, error, self.shared.env.clock.now());
+        if let Some(t) = after.transition {
+            log_transition(&pool, idx, t, "connect failures");
         }
-        ctx.attempts += 1;
-        e.set_retry(pool.may_retry(ctx.attempts));
+        tracing::warn!(upstream = pool.name(), server = ctx.last_server.as_deref().unwrap_or(""),
+            error_type = e.etype().as_str(), request_id = %ctx.request_id, "upstream connect failed");
+        e.set_retry(after.retry);
         e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let failure = ctx.failure.clone().unwrap_or_else(|| classify(e));
+        let failure = ctx.failure.clone().unwrap_or_else(|| translate(e));
         // The client is gone: nothing useful can be written back.
         let client_gone = e.esource() == &ErrorSource::Downstream
             && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
@@ -404,7 +395,7 @@ impl ProxyHttp for Gateway {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.take()) {
-            let ok = e.is_none() && status < 500;
+            let ok = live_success(status, e.is_some());
             if let Some(t) = pool.report(in_flight.server(), ok, self.shared.env.clock.now()) {
                 log_transition(&pool, in_flight.server(), t, if ok { "live success" } else { "live failures" });
             }
@@ -427,27 +418,34 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Maps a Pingora error to the failure the client is told about.
-fn classify(e: &Error) -> Failure {
+/// Pingora's error as the core's failure: the translation of types only; what each means to the client is
+/// decided in the core ([`UpstreamError::failure`], [`ClientError`]).
+fn translate(e: &Error) -> Failure {
     match (e.esource(), e.etype()) {
         (_, ErrorType::HTTPStatus(400)) => Failure::Client(ClientError::Malformed("bad request")),
         (ErrorSource::Downstream, ErrorType::ReadTimedout) => Failure::Client(ClientError::BodyTimeout),
-        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Failure::UpstreamTimeout,
-        (
-            _,
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::TLSHandshakeFailure
-            | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert
-            | ErrorType::HandshakeError
-            | ErrorType::SocketError,
-        ) => Failure::UpstreamConnect,
-        (ErrorSource::Upstream, _) => Failure::UpstreamBroken,
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => UpstreamError::Timeout.failure(),
+        (_, etype) if connect_error(etype).is_some() => {
+            connect_error(etype).map_or(Failure::Internal, UpstreamError::failure)
+        }
+        (ErrorSource::Upstream, _) => UpstreamError::Broken.failure(),
         (ErrorSource::Downstream, _) => Failure::Client(ClientError::Malformed("bad request")),
         _ => Failure::Internal,
+    }
+}
+
+/// The connect-phase errors Pingora reports, as the core names them.
+fn connect_error(etype: &ErrorType) -> Option<UpstreamError> {
+    match etype {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => Some(UpstreamError::ConnectTimeout),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::SocketError => Some(UpstreamError::Connect),
+        _ => None,
     }
 }
 

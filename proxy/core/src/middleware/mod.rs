@@ -19,7 +19,7 @@ pub use rate_limit::{
 
 use crate::config::MiddlewaresConfig;
 use crate::request::RequestInfo;
-use crate::respond::Reply;
+use crate::respond::Failure;
 
 /// A middleware a route may list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +158,8 @@ pub enum Rejection {
 /// What the chain decided.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The reply that ends the request, when a middleware answered.
-    pub reply: Option<Reply>,
+    /// Why the request ends here, when a middleware answered it (turned into a reply by `respond.rs`).
+    pub reply: Option<Failure>,
     /// Why, when the reply is a refusal.
     pub rejection: Option<Rejection>,
     /// Headers to add to the response the client gets (rate-limit and CORS headers).
@@ -209,7 +209,7 @@ fn rate_verdict(out: &mut Outcome, decision: RateDecision, settings: &RateSettin
     }
     let mut all = std::mem::take(&mut out.response_headers);
     all.extend(headers);
-    out.reply = Some(Reply { status: 429, error: Some("rate limit exceeded"), headers: all });
+    out.reply = Some(Failure::RateLimited(all));
     out.rejection = Some(Rejection::RateLimited);
     true
 }
@@ -230,12 +230,11 @@ fn run_from(
             Step::Cors(cors) => match cors.decide(req) {
                 CorsDecision::NotCors => {}
                 CorsDecision::Preflight(headers) => {
-                    out.reply = Some(Reply { status: 204, error: None, headers });
+                    out.reply = Some(Failure::Preflight(headers));
                     return Ok(out);
                 }
                 CorsDecision::PreflightRejected => {
-                    out.reply =
-                        Some(Reply { status: 403, error: Some("cors preflight rejected"), headers: Vec::new() });
+                    out.reply = Some(Failure::CorsRejected);
                     out.rejection = Some(Rejection::Cors);
                     return Ok(out);
                 }
@@ -255,7 +254,7 @@ fn run_from(
                     };
                     let mut headers = std::mem::take(&mut out.response_headers);
                     headers.push(("www-authenticate", challenge));
-                    out.reply = Some(Reply { status: 401, error: Some("unauthorized"), headers });
+                    out.reply = Some(Failure::Unauthorized(headers));
                     out.rejection = Some(Rejection::Auth(reason));
                     return Ok(out);
                 }

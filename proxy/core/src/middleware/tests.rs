@@ -253,10 +253,10 @@ fn the_chain_stops_at_the_first_answer_and_keeps_earlier_headers() {
     let now = Now { mono: clock.now(), unix: clock.unix_now() };
     let h = HeaderPairs(&[]);
     let first = run(&steps, &info("GET", &h), now).unwrap();
-    assert_eq!(first.reply.as_ref().map(|r| r.status), Some(401));
-    assert!(first.reply.unwrap().headers.iter().any(|(n, _)| *n == "ratelimit-limit"));
+    assert_eq!(first.reply.as_ref().map(|r| r.reply().status), Some(401));
+    assert!(first.reply.unwrap().reply().headers.iter().any(|(n, _)| *n == "ratelimit-limit"));
     let second = run(&steps, &info("GET", &h), now).unwrap();
-    assert_eq!(second.reply.map(|r| r.status), Some(429));
+    assert_eq!(second.reply.map(|r| r.reply().status), Some(429));
     assert_eq!(second.rejection, Some(Rejection::RateLimited));
     assert!(run(&[], &info("GET", &h), now).unwrap().reply.is_none());
 }
