@@ -29,7 +29,7 @@ struct BackendState {
     name: String,
     healthy: AtomicBool,
     requests: AtomicU64,
-    received: std::sync::Mutex<Vec<(tokio::time::Instant, Option<u64>)>>,
+    received: std::sync::Mutex<Vec<(tokio::time::Instant, Option<u64>, String)>>,
 }
 
 /// A running demo backend; it stops when dropped.
@@ -84,8 +84,9 @@ impl Backend {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// When each request arrived, with its `x-sim-id` header when it had one (at most [`MAX_RECEIVED`]).
-    pub fn received(&self) -> Vec<(tokio::time::Instant, Option<u64>)> {
+    /// When each request arrived, with its `x-sim-id` header when it had one, and its path (at most
+    /// [`MAX_RECEIVED`]).
+    pub fn received(&self) -> Vec<(tokio::time::Instant, Option<u64>, String)> {
         self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -120,7 +121,7 @@ async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response 
         && received.len() < MAX_RECEIVED
     {
         let id = req.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        received.push((tokio::time::Instant::now(), id));
+        received.push((tokio::time::Instant::now(), id, req.uri().path().to_string()));
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let path = req.uri().path().to_string();

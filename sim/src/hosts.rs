@@ -63,13 +63,19 @@ async fn serve_one(
 ) -> std::io::Result<()> {
     let head = read_head(&mut stream).await?;
     let (path, id) = parse_request(&head);
+    drain_body(&mut stream, &head).await?;
     let health = path == "/health";
     let b = behaviour.borrow().clone();
     if b.hang {
         std::future::pending::<()>().await;
     }
     if !health {
-        trace.push(Event::Received { t_us: now_us(), host: name.to_string(), id: id.unwrap_or(u64::MAX) });
+        trace.push(Event::Received {
+            t_us: now_us(),
+            host: name.to_string(),
+            id: id.unwrap_or(u64::MAX),
+            path: path.clone(),
+        });
         let (lo, hi) = b.latency;
         let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
         tokio::time::sleep(wait).await;
@@ -96,6 +102,30 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         head.extend_from_slice(&buf[..n]);
     }
     Ok(head)
+}
+
+/// Reads the rest of a declared body (what `read_head` read past the head counts), so the answer comes after
+/// the whole request, as a real server's does.
+async fn drain_body(stream: &mut TcpStream, head: &[u8]) -> std::io::Result<()> {
+    let text = String::from_utf8_lossy(head);
+    let Some((headers, after)) = text.split_once("\r\n\r\n") else { return Ok(()) };
+    let length: usize = headers
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+        .min(MAX_HEAD);
+    let mut left = length.saturating_sub(after.len());
+    let mut buf = [0u8; 1024];
+    while left > 0 {
+        let n = stream.read(&mut buf[..left.min(1024)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= n;
+    }
+    Ok(())
 }
 
 /// The path and the `x-sim-id` header of a request head.
@@ -191,6 +221,12 @@ pub struct Planned {
     pub path: String,
     /// Key header and value.
     pub key: Option<(String, String)>,
+    /// The statuses its class may get.
+    pub expect: Vec<u16>,
+    /// A body, sent with its Content-Length.
+    pub body: Option<String>,
+    /// Where the upstream must receive it, when the class says.
+    pub upstream_path: Option<String>,
 }
 
 /// Plays the planned requests (open loop: each at its time, whatever the others are doing).
@@ -211,8 +247,11 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
     trace.push(Event::Issued {
         t_us: now_us(),
         id: req.id,
+        method: req.method.clone(),
         path: req.path.clone(),
         key: req.key.as_ref().map(|(_, v)| v.clone()),
+        expect: req.expect.clone(),
+        upstream_path: req.upstream_path.clone(),
     });
     let result = tokio::time::timeout(timeout, exchange(&req)).await;
     let latency_us = us(sent.elapsed());
@@ -227,9 +266,13 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
 async fn exchange(req: &Planned) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
     let key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
+    let length = req.body.as_ref().map(|b| format!("Content-Length: {}\r\n", b.len())).unwrap_or_default();
     let head = format!(
-        "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}Connection: close\r\n\r\n",
-        req.method, req.path, req.id
+        "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}{length}Connection: close\r\n\r\n{}",
+        req.method,
+        req.path,
+        req.id,
+        req.body.as_deref().unwrap_or("")
     );
     stream.write_all(head.as_bytes()).await?;
     let mut response = Vec::new();

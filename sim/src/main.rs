@@ -376,11 +376,15 @@ fn explain(path: &Path, seed: u64, swarm: bool) -> ExitCode {
     for (t, action) in &expanded.actions {
         println!("  {:>10}  {action:?}", humantime::format_duration(*t).to_string());
     }
-    for (h, k, p, rate, a, b) in &expanded.storms {
+    for storm in &expanded.storms {
         println!(
-            "  storm {k} ({h}) on {p} at {rate}/s from {} to {}",
-            humantime::format_duration(*a),
-            humantime::format_duration(*b)
+            "  storm {} ({}) on {} at {}/s from {} to {}",
+            storm.key,
+            storm.header,
+            storm.path,
+            storm.rate,
+            humantime::format_duration(storm.from),
+            humantime::format_duration(storm.to)
         );
     }
     ExitCode::SUCCESS

@@ -32,12 +32,18 @@ pub struct Request {
     pub latency_us: u64,
     /// Answered at.
     pub done_us: u64,
+    /// Method.
+    pub method: String,
+    /// The statuses its class may get.
+    pub expect: Vec<u16>,
+    /// Where the upstream must receive it, when its class says.
+    pub upstream_path: Option<String>,
 }
 
 impl Request {
-    /// A response below 500.
+    /// An answer its class expects (a 429 for a polite key, or a 404 for a path that should route, is not).
     pub fn good(&self) -> bool {
-        self.status.is_some_and(|s| s < 500)
+        self.status.is_some_and(|s| self.expect.contains(&s))
     }
 }
 
@@ -46,10 +52,19 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
     let mut out = BTreeMap::new();
     for e in events {
         match e {
-            Event::Issued { t_us, id, key, .. } => {
+            Event::Issued { t_us, id, key, method, expect, upstream_path, .. } => {
                 out.insert(
                     *id,
-                    Request { t_us: *t_us, key: key.clone(), status: None, latency_us: 0, done_us: u64::MAX },
+                    Request {
+                        t_us: *t_us,
+                        key: key.clone(),
+                        status: None,
+                        latency_us: 0,
+                        done_us: u64::MAX,
+                        method: method.clone(),
+                        expect: expect.clone(),
+                        upstream_path: upstream_path.clone(),
+                    },
                 );
             }
             Event::Answered { t_us, id, status, latency_us } => {
@@ -81,7 +96,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
         .iter()
         .map(|inv| match inv {
             Invariant::NoTrafficToDown(g) => no_traffic_to_down(events, us(g.grace)),
-            Invariant::Detection(d) => detection(events, &d.target, us(d.at), us(d.within)),
+            Invariant::Detection(d) => detection(events, &d.target, us(d.at), (us(d.not_before), us(d.within))),
             Invariant::Availability(a) => {
                 let window = (us(a.from), a.to.map_or(load_end, us));
                 availability(&reqs, window, a.min)
@@ -96,6 +111,9 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             }
             Invariant::MaxTransitions(m) => max_transitions(events, &m.target, m.max),
             Invariant::AttackersCutOff(c) => attackers_cut_off(events, us(c.within)),
+            Invariant::AtMostOnce(_) => at_most_once(events, &reqs),
+            Invariant::UpstreamPaths(_) => upstream_paths(events, &reqs),
+            Invariant::Statuses(st) => statuses(&reqs, (us(st.from), st.to.map_or(load_end, us)), &st.allowed),
         })
         .collect()
 }
@@ -149,7 +167,7 @@ fn no_traffic_to_down(events: &[Event], grace: u64) -> Verdict {
     )
 }
 
-fn detection(events: &[Event], target: &str, at: u64, within: u64) -> Verdict {
+fn detection(events: &[Event], target: &str, at: u64, (not_before, within): (u64, u64)) -> Verdict {
     let marked = events.iter().find_map(|e| match e {
         Event::Health { t_us, host, up: false } if host == target && *t_us >= at => Some(*t_us),
         _ => None,
@@ -157,9 +175,14 @@ fn detection(events: &[Event], target: &str, at: u64, within: u64) -> Verdict {
     match marked {
         Some(t) => verdict(
             "detection",
-            t - at <= within,
-            format!("{target} marked down {} after the fault", fmt_us(t - at)),
-            Some(at + within),
+            t - at <= within && t - at >= not_before,
+            format!(
+                "{target} marked down {} after the fault (allowed {} to {})",
+                fmt_us(t - at),
+                fmt_us(not_before),
+                fmt_us(within)
+            ),
+            Some(if t - at < not_before { t } else { at + within }),
         ),
         None => verdict("detection", false, format!("{target} was never marked down"), Some(at + within)),
     }
@@ -208,16 +231,26 @@ fn rate_limit(
         worst_excess = worst_excess.max(excess);
     }
     let refused_others = reqs.values().filter(|r| r.key.as_deref() != Some(key) && r.status == Some(429)).count();
-    let ok = first.is_none() && (!others_unlimited || refused_others == 0);
+    // The lower bound: over the key's whole demand, the bucket admits its burst and then its refill, so a
+    // limiter that refills too slowly (or refuses too early) falls short of it.
+    let demand: Vec<f64> =
+        reqs.values().filter(|r| r.key.as_deref() == Some(key)).map(|r| r.t_us as f64 / 1e6).collect();
+    let span = match (demand.first(), demand.last()) {
+        (Some(a), Some(b)) => (b - a - slack).max(0.0),
+        _ => 0.0,
+    };
+    let floor = ((burst + rate * span).floor() - 1.0).min(demand.len() as f64).max(0.0);
+    let short = (admitted.len() as f64) < floor;
+    let ok = first.is_none() && !short && (!others_unlimited || refused_others == 0);
     verdict(
         "rate_limit",
         ok,
         format!(
-            "{} admitted for {key}; worst window excess {:.2}; other keys refused {refused_others}",
+            "{} admitted for {key} (at least {floor} expected); worst window excess {:.2}; other keys refused {refused_others}",
             admitted.len(),
             worst_excess.max(0.0)
         ),
-        first,
+        first.or(short.then(|| demand.last().map_or(0, |t| (t * 1e6) as u64))),
     )
 }
 
@@ -328,6 +361,72 @@ fn attackers_cut_off(events: &[Event], within_us: u64) -> Verdict {
             within_us / 1000
         ),
         late,
+    )
+}
+
+fn at_most_once(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
+    let mut received: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut first = None;
+    for e in events {
+        if let Event::Received { t_us, id, .. } = e
+            && reqs.get(id).is_some_and(|r| !crate::scenario::idempotent(&r.method))
+        {
+            let n = received.entry(*id).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                first.get_or_insert(*t_us);
+            }
+        }
+    }
+    let twice = received.values().filter(|n| **n > 1).count();
+    verdict(
+        "at_most_once",
+        twice == 0,
+        format!("{} non-idempotent request(s) delivered, {twice} of them more than once", received.len()),
+        first,
+    )
+}
+
+fn upstream_paths(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
+    let (mut checked, mut wrong, mut first, mut example) = (0, 0, None, String::new());
+    for e in events {
+        if let Event::Received { t_us, id, path, .. } = e
+            && let Some(want) = reqs.get(id).and_then(|r| r.upstream_path.as_ref())
+        {
+            checked += 1;
+            if path != want {
+                wrong += 1;
+                if first.is_none() {
+                    first = Some(*t_us);
+                    example = format!(": {path:?} where {want:?} was due");
+                }
+            }
+        }
+    }
+    verdict(
+        "upstream_paths",
+        checked > 0 && wrong == 0,
+        format!("{checked} request(s) checked, {wrong} at the wrong path{example}"),
+        first,
+    )
+}
+
+fn statuses(reqs: &BTreeMap<u64, Request>, (from, to): (u64, u64), allowed: &[u16]) -> Verdict {
+    let window: Vec<&Request> = reqs.values().filter(|r| r.t_us >= from && r.t_us < to).collect();
+    let off: Vec<&Request> =
+        window.iter().copied().filter(|r| !r.status.is_some_and(|s| allowed.contains(&s))).collect();
+    verdict(
+        "statuses",
+        !window.is_empty() && off.is_empty(),
+        format!(
+            "{} of {} answer(s) in [{}, {}) outside {allowed:?}{}",
+            off.len(),
+            window.len(),
+            fmt_us(from),
+            fmt_us(to),
+            off.first().map_or(String::new(), |r| format!(" (first: {:?})", r.status))
+        ),
+        off.first().map(|r| r.t_us),
     )
 }
 

@@ -173,6 +173,24 @@ pub struct RequestSpec {
     /// How many distinct keys.
     #[serde(default = "one_u32")]
     pub keys: u32,
+    /// The statuses this class may get; anything else counts against availability.
+    #[serde(default = "ok_only")]
+    pub expect: Vec<u16>,
+    /// A request body (sent with its Content-Length).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The path the upstream must receive (checked by `upstream_paths`); absent = not checked.
+    #[serde(default)]
+    pub upstream_path: Option<String>,
+}
+
+fn ok_only() -> Vec<u16> {
+    vec![200]
+}
+
+/// Whether a method may be sent twice without a second effect (RFC 9110 §9.2.2).
+pub fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 fn one_u32() -> u32 {
@@ -350,6 +368,13 @@ pub struct Storm {
     /// How long.
     #[serde(rename = "for", deserialize_with = "duration")]
     pub duration: Duration,
+    /// The statuses a storm request may get (it is meant to be limited).
+    #[serde(default = "ok_or_limited")]
+    pub expect: Vec<u16>,
+}
+
+fn ok_or_limited() -> Vec<u16> {
+    vec![200, 429]
 }
 
 fn api_key_header() -> String {
@@ -417,6 +442,26 @@ pub enum Invariant {
     MaxTransitions(MaxTransitions),
     /// Every attacker connection (slowloris, flood) is closed by the proxy within `within` of its opening.
     AttackersCutOff(CutOff),
+    /// No upstream receives a non-idempotent request (by request id) more than once.
+    AtMostOnce(bool),
+    /// Every request received upstream arrived at its class's `upstream_path`.
+    UpstreamPaths(bool),
+    /// Every answer to a request issued in `[from, to)` has one of `allowed`.
+    Statuses(Statuses),
+}
+
+/// `statuses`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statuses {
+    /// The statuses allowed.
+    pub allowed: Vec<u16>,
+    /// Start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// End (default: the end of the load).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
 }
 
 /// `attackers_cut_off`.
@@ -463,6 +508,10 @@ pub struct Detection {
     /// Bound.
     #[serde(deserialize_with = "duration")]
     pub within: Duration,
+    /// Earliest allowed detection after the onset (`(k - 1) x interval`, plus the check timeout for a host
+    /// that black-holes): a server marked down sooner means a threshold too low.
+    #[serde(default, deserialize_with = "duration")]
+    pub not_before: Duration,
 }
 
 /// `availability`.

@@ -14,14 +14,23 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// The client sent request `id`.
-    Issued { t_us: u64, id: u64, path: String, key: Option<String> },
+    /// The client sent request `id` (`expect`: the statuses its class may get; `upstream_path`: where it must
+    /// arrive, when the class says).
+    Issued {
+        t_us: u64,
+        id: u64,
+        method: String,
+        path: String,
+        key: Option<String>,
+        expect: Vec<u16>,
+        upstream_path: Option<String>,
+    },
     /// Request `id` got an HTTP response.
     Answered { t_us: u64, id: u64, status: u16, latency_us: u64 },
     /// Request `id` got no response: client timeout or broken connection.
     Failed { t_us: u64, id: u64, kind: String, latency_us: u64 },
-    /// Upstream host `host` received request `id`.
-    Received { t_us: u64, host: String, id: u64 },
+    /// Upstream host `host` received request `id` at `path`.
+    Received { t_us: u64, host: String, id: u64, path: String },
     /// The proxy changed a server's state.
     Health { t_us: u64, host: String, up: bool },
     /// A fault was applied.

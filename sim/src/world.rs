@@ -39,13 +39,32 @@ pub enum Action {
     HealAll,
 }
 
+/// One key's storm, as the timeline planned it.
+#[derive(Debug, Clone)]
+pub struct StormPlan {
+    /// The header carrying the key.
+    pub header: String,
+    /// The key.
+    pub key: String,
+    /// The path requested.
+    pub path: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// Start.
+    pub from: Duration,
+    /// End.
+    pub to: Duration,
+    /// The statuses a storm request may get.
+    pub expect: Vec<u16>,
+}
+
 /// The timeline, expanded into timed actions, after swarm selection.
 #[derive(Debug, Clone, Default)]
 pub struct Expanded {
     /// Actions in time order.
     pub actions: Vec<(Duration, Action)>,
-    /// Storms (kept after swarm selection): header, key, path, rate, from, to.
-    pub storms: Vec<(String, String, String, f64, Duration, Duration)>,
+    /// Storms (kept after swarm selection).
+    pub storms: Vec<StormPlan>,
     /// What swarm mode drew, for `explain` and reports.
     pub knobs: Vec<String>,
     /// Client attacks (kept after swarm selection).
@@ -105,9 +124,15 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                 }
             }
             Fault::Reload(r) => add(at, Action::Reload(r.config.clone())),
-            Fault::Storm(x) => {
-                out.storms.push((x.key_header.clone(), x.key.clone(), x.path.clone(), x.rate, at, at + d(x.duration)))
-            }
+            Fault::Storm(x) => out.storms.push(StormPlan {
+                header: x.key_header.clone(),
+                key: x.key.clone(),
+                path: x.path.clone(),
+                rate: x.rate,
+                from: at,
+                to: at + d(x.duration),
+                expect: x.expect.clone(),
+            }),
             Fault::Slowloris(x) | Fault::Flood(x) => out.attacks.push(hosts::AttackPlan {
                 slowloris: matches!(e.fault, Fault::Slowloris(_)),
                 connections: x.connections,
@@ -164,14 +189,23 @@ pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
             .unwrap_or(&s.load.requests[0]);
         let key =
             spec.key_header.as_ref().map(|h| (h.clone(), format!("key-{}", rng.random_range(0..spec.keys.max(1)))));
-        out.push(Planned { at: t, id: 0, method: spec.method.clone(), path: spec.path.clone(), key });
+        out.push(Planned {
+            at: t,
+            id: 0,
+            method: spec.method.clone(),
+            path: spec.path.clone(),
+            key,
+            expect: spec.expect.clone(),
+            body: spec.body.clone(),
+            upstream_path: spec.upstream_path.clone(),
+        });
         let gap = match s.load.arrival {
             Arrival::Uniform => 1.0 / s.load.rate,
             Arrival::Poisson => -(1.0 - rng.random::<f64>()).ln() / s.load.rate,
         };
         t += Duration::from_secs_f64(gap);
     }
-    for (header, key, path, rate, from, to) in &expanded.storms {
+    for StormPlan { header, key, path, rate, from, to, expect } in &expanded.storms {
         let mut t = *from;
         while t < *to && t < s.sim.duration {
             out.push(Planned {
@@ -180,6 +214,9 @@ pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
                 method: "GET".into(),
                 path: path.clone(),
                 key: Some((header.clone(), key.clone())),
+                expect: expect.clone(),
+                body: None,
+                upstream_path: None,
             });
             t += Duration::from_secs_f64(1.0 / rate);
         }

@@ -101,14 +101,20 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                     events.lock().unwrap().push(Event::Issued {
                         t_us: us(sent - t0),
                         id: req.id,
+                        method: req.method.clone(),
                         path: req.path.clone(),
                         key,
+                        expect: req.expect.clone(),
+                        upstream_path: req.upstream_path.clone(),
                     });
                     let mut builder = http
                         .request(req.method.parse().unwrap(), format!("{url}{}", req.path))
                         .header("x-sim-id", req.id);
                     if let Some((h, v)) = &req.key {
                         builder = builder.header(h.as_str(), v.as_str());
+                    }
+                    if let Some(body) = &req.body {
+                        builder = builder.body(body.clone());
                     }
                     let event = match builder.send() {
                         Ok(r) => Event::Answered {
@@ -166,9 +172,9 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
 
 fn collect_received(b: &Backend, host: &str, t0: tokio::time::Instant, events: &Mutex<Vec<Event>>) {
     let mut events = events.lock().unwrap();
-    for (at, id) in b.received() {
+    for (at, id, path) in b.received() {
         if let Some(id) = id {
-            events.push(Event::Received { t_us: us(at.duration_since(t0)), host: host.to_string(), id });
+            events.push(Event::Received { t_us: us(at.duration_since(t0)), host: host.to_string(), id, path });
         }
     }
 }
