@@ -102,6 +102,10 @@ sim seeds="8": sim-build
 sim-one scenario seed="1" *flags: sim-build
     {{sim_bin}} run {{scenario}} --seed {{seed}} {{flags}} --plot target/sim-{{seed}}.svg
 
+# The bug catalogue: each planted bug in sim/mutants/ applied in turn, rebuilt, run; a table of what caught it.
+sim-mutants:
+    bash scripts/sim-mutants
+
 # Many seeds, swarm mode (nightly): just sim-nightly 500
 sim-nightly seeds="200": sim-build
     {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
