@@ -7,6 +7,7 @@
 
 mod client;
 mod report;
+pub mod threshold;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use locci_loadgen::threshold::Threshold;
 use locci_loadgen::{Options, Pace};
 
 // mimalloc: hyper allocates a few small blocks per request (request and response header maps, the body
@@ -51,13 +52,22 @@ struct Cli {
     /// Worker threads (default: cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Pass/fail judgement after the run, e.g. 'p99<200ms', 'errors<0.1%', 'rps>500', 'status:503<1%'
+    /// (repeatable); any that fails makes the exit code 1.
+    #[arg(long = "threshold")]
+    thresholds: Vec<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match options(&cli) {
-        Ok(opts) => execute(&cli, opts),
-        Err(e) => {
+    let thresholds: Result<Vec<Threshold>, _> = cli.thresholds.iter().map(|t| t.parse()).collect();
+    match (options(&cli), thresholds) {
+        (Ok(opts), Ok(thresholds)) => execute(&cli, opts, &thresholds),
+        (Err(e), _) => {
+            eprintln!("locci-loadgen: {e}");
+            ExitCode::from(2)
+        }
+        (_, Err(e)) => {
             eprintln!("locci-loadgen: {e}");
             ExitCode::from(2)
         }
@@ -97,7 +107,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
     Ok(opts)
 }
 
-fn execute(cli: &Cli, opts: Options) -> ExitCode {
+fn execute(cli: &Cli, opts: Options, thresholds: &[Threshold]) -> ExitCode {
     // One thread: a current-thread runtime, where waking another task costs no cross-thread handoff.
     let mut rt = match cli.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -116,7 +126,8 @@ fn execute(cli: &Cli, opts: Options) -> ExitCode {
         }
     };
     match runtime.block_on(locci_loadgen::run(opts)) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.thresholds = thresholds.iter().map(|t| t.judge(&report)).collect();
             print!("{}", report.text());
             if let Some(path) = &cli.json {
                 let text = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -125,7 +136,7 @@ fn execute(cli: &Cli, opts: Options) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            ExitCode::SUCCESS
+            if report.thresholds.iter().all(|t| t.pass) { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(e) => {
             eprintln!("locci-loadgen: {e}");

@@ -48,6 +48,8 @@ pub struct Report {
     pub errors: BTreeMap<&'static str, u64>,
     /// Latency of answered requests (open loop: from the intended send time).
     pub latency_us: Latency,
+    /// The `--threshold` verdicts, in the order given.
+    pub thresholds: Vec<crate::threshold::Outcome>,
 }
 
 impl Report {
@@ -84,6 +86,7 @@ impl Report {
                 max: h.max(),
                 mean: h.mean(),
             },
+            thresholds: Vec::new(),
         }
     }
 
@@ -109,6 +112,15 @@ impl Report {
             ms(l.max),
             ms(l.mean as u64)
         );
+        for t in &self.thresholds {
+            let _ = writeln!(
+                out,
+                "threshold   {:<4}  {}  (measured {})",
+                if t.pass { "PASS" } else { "FAIL" },
+                t.expression,
+                t.measured
+            );
+        }
         out
     }
 }

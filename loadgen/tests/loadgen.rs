@@ -244,3 +244,51 @@ fn a_server_that_closes_after_each_answer_is_reconnected_to_without_errors() {
     assert_eq!(r["status"]["200"].as_u64(), Some(requests), "{r}");
     assert!(server.served.load(std::sync::atomic::Ordering::Relaxed) >= requests, "one connection per answer");
 }
+
+#[test]
+fn each_threshold_kind_passes_and_fails_with_the_right_exit_code() {
+    // Goal: a staging run can gate a deploy. Method: short closed-loop runs against a real server, once with
+    // thresholds the run meets (exit 0) and once with each kind set out of reach (exit 1), then bad
+    // expressions (exit 2, before any request).
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ok = format!("http://{}/fine", b.addr);
+    let run = |url: &str, thresholds: &[&str]| {
+        let mut args = vec![url, "--concurrency", "2", "--duration", "500ms"];
+        for t in thresholds {
+            args.extend(["--threshold", t]);
+        }
+        loadgen(&args)
+    };
+    let meets = [
+        "p50<10s",
+        "p90<10s",
+        "p99<10s",
+        "p99.9<10s",
+        "max<10s",
+        "errors<1%",
+        "errors<=0",
+        "rps>1",
+        "status:200>=99%",
+        "status:500<1",
+    ];
+    let (status, text, r) = run(&ok, &meets);
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("PASS").count(), meets.len(), "{text}");
+    assert_eq!(r["thresholds"].as_array().map(Vec::len), Some(meets.len()), "{r}");
+    assert_eq!(r["thresholds"][0]["pass"], true);
+    for out_of_reach in ["p50<1us", "p99.9<1us", "max<1us", "rps>100000000", "status:200<1%", "status:200<5"] {
+        let (status, text, r) = run(&ok, &["p99<10s", out_of_reach]);
+        assert_eq!(status.code(), Some(1), "{out_of_reach}: {text}");
+        assert!(text.contains(&format!("FAIL  {out_of_reach}")), "{text}");
+        assert_eq!(r["thresholds"][1]["pass"], false, "{r}");
+    }
+    // errors counts 5xx answers as well as transport failures.
+    let failing = format!("http://{}/status/503", b.addr);
+    let (status, text, _) = run(&failing, &["errors<1%"]);
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("measured 100.000%"), "{text}");
+    for bad in ["p98<1ms", "p99<200", "errors<150%", "rps"] {
+        let (status, _, _) = run(&ok, &[bad]);
+        assert_eq!(status.code(), Some(2), "{bad}");
+    }
+}
