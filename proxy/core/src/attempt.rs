@@ -66,6 +66,7 @@ pub struct AfterFailure {
 pub struct Attempts {
     tried: Vec<usize>,
     failed: u32,
+    resent_stale: bool,
 }
 
 impl Attempts {
@@ -96,6 +97,15 @@ impl Attempts {
         self.failed += 1;
         let transition = if error.counts_against_server() { pool.report(server, false, now) } else { None };
         AfterFailure { retry: error.before_sending() && pool.may_retry(self.failed), transition }
+    }
+}
+
+impl Attempts {
+    /// An idempotent request failed on a pooled connection before any answer, in the way the HTTP layer marks
+    /// safe to resend (the server had closed the idle connection as it was reused): it may go again, once, to
+    /// any server (the same one included), and it says nothing about the server's health.
+    pub fn stale_connection(&mut self) -> bool {
+        !std::mem::replace(&mut self.resent_stale, true)
     }
 }
 

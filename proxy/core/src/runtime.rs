@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+use crate::attempt::Attempts;
 use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
 use crate::edge::{ClientError, ClientLimits};
@@ -207,13 +208,18 @@ impl Runtime {
         if let Some(failure) = outcome.reply {
             return Plan::Respond { route: Some(route), failure, rejection: outcome.rejection, headers: Vec::new() };
         }
-        match self.pools.get(route.group).and_then(|pool| pool.select(req, &[], entropy)) {
-            Some(server) => {
+        // The first server is chosen by the same state machine as every later attempt (503 when none is up).
+        let first = self.pools.get(route.group).map(|pool| Attempts::new().next(pool, req, entropy));
+        match first {
+            Some(Ok(server)) => {
                 Plan::Forward { route, group: route.group, server, response_headers: outcome.response_headers }
+            }
+            Some(Err(failure)) => {
+                Plan::Respond { route: Some(route), failure, rejection: None, headers: outcome.response_headers }
             }
             None => Plan::Respond {
                 route: Some(route),
-                failure: Failure::NoHealthyUpstream,
+                failure: Failure::Internal,
                 rejection: None,
                 headers: outcome.response_headers,
             },

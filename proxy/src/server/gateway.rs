@@ -364,6 +364,40 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // What the HTTP layer says: its errors on a reused connection that never carried an answer are safe to
+        // resend for an idempotent request; everything else is the core's to decide.
+        let mut layer = e.retry;
+        layer.decide_reuse(client_reused);
+        let idempotent = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let retry = match (ctx.pool().cloned(), e.esource(), ctx.in_flight.take()) {
+            (Some(_), ErrorSource::Upstream, Some(_)) if idempotent && layer.retry() => ctx.attempts.stale_connection(),
+            (Some(pool), ErrorSource::Upstream, Some(in_flight)) => {
+                let idx = in_flight.server();
+                let after = ctx.attempts.fail(&pool, idx, sent_error(e.etype()), self.shared.env.clock.now());
+                if let Some(t) = after.transition {
+                    log_transition(&pool, idx, t, "live failures");
+                }
+                after.retry
+            }
+            // Not the server's doing (the client went away): its health is judged when the request ends.
+            (_, _, in_flight) => {
+                ctx.in_flight = in_flight;
+                false
+            }
+        };
+        e.set_retry(retry);
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let failure = ctx.failure.clone().unwrap_or_else(|| translate(e));
         // The client is gone: nothing useful can be written back.
@@ -395,7 +429,8 @@ impl ProxyHttp for Gateway {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.take()) {
-            let ok = live_success(status, e.is_some());
+            // A failure on the client's side (it went away) says nothing about the server.
+            let ok = live_success(status, e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
             if let Some(t) = pool.report(in_flight.server(), ok, self.shared.env.clock.now()) {
                 log_transition(&pool, in_flight.server(), t, if ok { "live success" } else { "live failures" });
             }
@@ -431,6 +466,14 @@ fn translate(e: &Error) -> Failure {
         (ErrorSource::Upstream, _) => UpstreamError::Broken.failure(),
         (ErrorSource::Downstream, _) => Failure::Client(ClientError::Malformed("bad request")),
         _ => Failure::Internal,
+    }
+}
+
+/// An error after the request was sent, as the core names it.
+fn sent_error(etype: &ErrorType) -> UpstreamError {
+    match etype {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
+        other => connect_error(other).unwrap_or(UpstreamError::Broken),
     }
 }
 

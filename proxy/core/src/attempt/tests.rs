@@ -102,3 +102,15 @@ fn an_answer_below_500_is_a_live_success() {
     assert!(!live_success(503, false));
     assert!(!live_success(200, true), "an exchange that failed after its head is not a success");
 }
+
+#[test]
+fn a_stale_pooled_connection_is_resent_once_without_judging_the_server() {
+    let rt = runtime(0, ", passive: { consecutive_failures: 1 }");
+    let pool = &rt.pools()[0];
+    let (e, h) = (SeededEntropy::new(1), HeaderPairs(&[]));
+    let mut attempts = Attempts::new();
+    assert!(attempts.stale_connection(), "once, even with retries: 0");
+    assert!(!attempts.stale_connection(), "never twice");
+    assert!(pool.servers().iter().all(|s| s.is_up()));
+    assert!(attempts.next(pool, &req(&h), &e).is_ok(), "every server is still a candidate");
+}
