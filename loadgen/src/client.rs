@@ -1,40 +1,72 @@
-//! One keep-alive HTTP/1.1 connection on hyper, reopened when it breaks.
+//! One keep-alive connection on hyper — HTTP/1.1, or HTTP/2 (h2 by ALPN over TLS, h2c with prior knowledge
+//! on plain TCP), over TCP or TLS (rustls) — reopened when it breaks. A TLS handshake that fails is reported
+//! once and that connection gives up, so a bad certificate never turns into a reconnect storm.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::Options;
+
+/// The error kind of a failed TLS handshake: the connection that met it stops (see the module docs).
+pub const TLS_FAILED: &str = "tls";
 
 /// Where requests go, and the parts of every request that never change, built once.
 pub struct Target {
     addr: SocketAddr,
     uri: http::Uri,
     headers: http::HeaderMap,
+    /// The name the certificate must carry, for https.
+    server_name: Option<ServerName<'static>>,
 }
 
 impl Target {
     /// Resolves the URL once, before the run.
     pub async fn resolve(opts: &Options) -> anyhow::Result<Arc<Target>> {
-        if opts.url.scheme_str() != Some("http") {
-            anyhow::bail!("only http:// URLs are supported (got {})", opts.url);
+        let https = match opts.url.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => anyhow::bail!("only http:// and https:// URLs are supported (got {})", opts.url),
+        };
+        if https && opts.tls.is_none() {
+            anyhow::bail!("an https:// URL needs a TLS configuration");
         }
         let authority = opts.url.authority().ok_or_else(|| anyhow::anyhow!("the URL has no host"))?.to_string();
-        let with_port = if opts.url.port().is_some() { authority.clone() } else { format!("{authority}:80") };
+        let default_port = if https { 443 } else { 80 };
+        let with_port =
+            if opts.url.port().is_some() { authority.clone() } else { format!("{authority}:{default_port}") };
+        let server_name = match (https, opts.url.host()) {
+            (true, Some(host)) => Some(
+                ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+                    .map_err(|e| anyhow::anyhow!("{host} is not a TLS server name: {e}"))?,
+            ),
+            _ => None,
+        };
         let addr = tokio::net::lookup_host(&with_port)
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
-        let uri: http::Uri = opts.url.path_and_query().map_or("/", |p| p.as_str()).parse()?;
+        // h2 carries the authority in the request URI (its :authority), HTTP/1.1 in a Host header.
+        let uri: http::Uri = if opts.http2 {
+            opts.url.clone()
+        } else {
+            opts.url.path_and_query().map_or("/", |p| p.as_str()).parse()?
+        };
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::HOST, authority.parse()?);
+        if !opts.http2 {
+            headers.insert(http::header::HOST, authority.parse()?);
+        }
         for (name, value) in &opts.headers {
             // A Host given with -H replaces the URL's; other names may repeat.
             if name == http::header::HOST {
@@ -43,22 +75,135 @@ impl Target {
                 headers.append(name, value.clone());
             }
         }
-        Ok(Arc::new(Target { addr, uri, headers }))
+        Ok(Arc::new(Target { addr, uri, headers, server_name }))
+    }
+}
+
+/// A plain or TLS stream, dispatched statically (no boxed stream on the request path).
+pub enum Io {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The request half of a connection.
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(&mut self, req: http::Request<Full<Bytes>>) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// The connection half: the future that drives the connection's I/O.
+enum Driver {
+    // Boxed: an HTTP/1 connection's buffers make it several times the size of the h2 handle.
+    H1(Box<http1::Connection<TokioIo<Io>, Full<Bytes>>>),
+    H2(http2::Connection<TokioIo<Io>, Full<Bytes>, TokioExecutor>),
+}
+
+impl Future for Driver {
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Driver::H1(d) => Pin::new(d.as_mut()).poll(cx),
+            Driver::H2(d) => Pin::new(d).poll(cx),
+        }
     }
 }
 
 /// An open connection: the request half and the connection driver, both polled by the worker's own task
 /// (no second task per connection, so no cross-task wake-up per request).
 pub struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    driver: hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    sender: Sender,
+    driver: Driver,
 }
 
-async fn connect(target: &Target) -> Result<Connection, &'static str> {
+async fn connect(target: &Target, opts: &Options) -> Result<Connection, &'static str> {
     let stream = TcpStream::connect(target.addr).await.map_err(|_| "connect")?;
     let _ = stream.set_nodelay(true);
-    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| "connect")?;
-    Ok(Connection { sender, driver })
+    let io = match (&opts.tls, &target.server_name) {
+        (Some(config), Some(name)) => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+            match connector.connect(name.clone(), stream).await {
+                Ok(tls) => {
+                    if opts.http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                        eprintln!("locci-loadgen: {} did not agree to h2 (ALPN); this connection stops", target.addr);
+                        return Err(TLS_FAILED);
+                    }
+                    Io::Tls(Box::new(tls))
+                }
+                Err(e) => {
+                    // Once per connection attempt, and the connection stops: never a retry loop.
+                    eprintln!("locci-loadgen: TLS handshake with {} failed: {e}; this connection stops", target.addr);
+                    return Err(TLS_FAILED);
+                }
+            }
+        }
+        _ => Io::Plain(stream),
+    };
+    let io = TokioIo::new(io);
+    if opts.http2 {
+        let (sender, driver) = http2::handshake(TokioExecutor::new(), io).await.map_err(|_| "connect")?;
+        Ok(Connection { sender: Sender::H2(sender), driver: Driver::H2(driver) })
+    } else {
+        let (sender, driver) = http1::handshake(io).await.map_err(|_| "connect")?;
+        Ok(Connection { sender: Sender::H1(sender), driver: Driver::H1(Box::new(driver)) })
+    }
 }
 
 /// A worker's request timeout: one timer that stays armed and is moved on only when it fires before the
@@ -93,7 +238,7 @@ pub async fn send(
     opts: &Options,
 ) -> Result<u16, &'static str> {
     if conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
-        *conn = Some(connect(target).await?);
+        *conn = Some(connect(target, opts).await?);
     }
     // The timeout covers the exchange, as it always has; the connect is outside it.
     let deadline = Instant::now() + opts.timeout;
@@ -105,7 +250,7 @@ pub async fn send(
             *req.uri_mut() = target.uri.clone();
             *req.headers_mut() = target.headers.clone();
             sender.ready().await.map_err(|_| "io")?;
-            let resp = sender.send_request(req).await.map_err(|_| "io")?;
+            let resp = sender.send(req).await.map_err(|_| "io")?;
             let status = resp.status().as_u16();
             // The server will close after this answer: the connection must not be reused.
             let closing = resp

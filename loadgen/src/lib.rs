@@ -80,6 +80,10 @@ pub struct Options {
     pub timeout: Duration,
     /// Print a progress line every second.
     pub progress: bool,
+    /// TLS settings for https:// targets (roots, or none verified with --insecure).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP/2: h2 by ALPN over TLS, h2c with prior knowledge on plain TCP.
+    pub http2: bool,
 }
 
 impl Options {
@@ -249,6 +253,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 done.fetch_add(1, Ordering::Relaxed);
                 if due < measure_from {
                     continue;
+                }
+                if outcome == Err(client::TLS_FAILED) {
+                    // Reported once by the connection; it stops rather than retry the handshake in a loop.
+                    tally.fail(client::TLS_FAILED, 1, &failed);
+                    break;
                 }
                 match outcome {
                     Ok(status) => {

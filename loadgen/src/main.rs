@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use locci_loadgen::threshold::Threshold;
 use locci_loadgen::{Options, Pace};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 // mimalloc: hyper allocates a few small blocks per request (request and response header maps, the body
 // channel), and the generator must not be the bottleneck (GUIDE §10).
@@ -52,6 +55,15 @@ struct Cli {
     /// Worker threads (default: cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// https://: trust the certificates in this PEM file instead of the system's roots.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// https://: do not verify the server's certificate at all (says so on stderr).
+    #[arg(long)]
+    insecure: bool,
+    /// HTTP/2: h2 by ALPN for https://, h2c with prior knowledge for http://.
+    #[arg(long)]
+    http2: bool,
     /// Pass/fail judgement after the run, e.g. 'p99<200ms', 'errors<0.1%', 'rps>500', 'status:503<1%'
     /// (repeatable); any that fails makes the exit code 1.
     #[arg(long = "threshold")]
@@ -92,7 +104,10 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?.into(),
         None => bytes::Bytes::new(),
     };
+    let tls = tls_config(cli, &url)?;
     let opts = Options {
+        tls,
+        http2: cli.http2,
         url,
         pace,
         duration: cli.duration,
@@ -105,6 +120,84 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
     };
     opts.check()?;
     Ok(opts)
+}
+
+/// The rustls client settings for an https:// URL: the system's roots, or `--cacert`'s, or none verified.
+fn tls_config(cli: &Cli, url: &http::Uri) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if url.scheme_str() != Some("https") {
+        if cli.cacert.is_some() || cli.insecure {
+            anyhow::bail!("--cacert and --insecure are for https:// URLs");
+        }
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
+    let mut config = if cli.insecure {
+        eprintln!("locci-loadgen: --insecure: the server's certificate is NOT verified");
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &cli.cacert {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                for cert in certs {
+                    roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            anyhow::bail!("no trusted root certificates (give --cacert FILE)");
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![if cli.http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(Some(Arc::new(config)))
+}
+
+/// `--insecure`: accepts any certificate, still checking the handshake's signatures.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn execute(cli: &Cli, opts: Options, thresholds: &[Threshold]) -> ExitCode {
@@ -136,7 +229,9 @@ fn execute(cli: &Cli, opts: Options, thresholds: &[Threshold]) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            if report.thresholds.iter().all(|t| t.pass) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            // A TLS failure ends the run with exit 1: the connections gave up instead of retrying.
+            let tls_failed = report.errors.contains_key("tls");
+            if report.thresholds.iter().all(|t| t.pass) && !tls_failed { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(e) => {
             eprintln!("locci-loadgen: {e}");

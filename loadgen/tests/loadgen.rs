@@ -138,11 +138,11 @@ fn a_fast_request_after_a_long_quiet_spell_is_not_timed_out() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
-        .args(["https://example.invalid/", "--duration", "1s"])
+        .args(["ftp://example.invalid/", "--duration", "1s"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only http:// URLs are supported"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http:// and https:// URLs are supported"));
     let out = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
         .args(["http://127.0.0.1:1/", "-H", "broken"])
         .output()
