@@ -8,6 +8,7 @@
 mod client;
 mod report;
 pub mod threshold;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// HTTP/2: h2 by ALPN over TLS, h2c with prior knowledge on plain TCP.
     pub http2: bool,
+    /// Keep the per-second series (for `--report`).
+    pub timeline: bool,
 }
 
 impl Options {
@@ -111,15 +114,18 @@ struct Tally {
     /// answer, where a map would search.
     status: Vec<u64>,
     errors: BTreeMap<&'static str, u64>,
+    /// Second by second, when a report is asked for.
+    seconds: Option<timeline::Seconds>,
 }
 
 impl Tally {
-    fn new() -> anyhow::Result<Tally> {
+    fn new(timeline: bool) -> anyhow::Result<Tally> {
         // 1 µs to 1 hour at 3 significant digits: fixed bounds, so recording never resizes (or clamps early).
         Ok(Tally {
             histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             status: vec![0; 1000],
             errors: BTreeMap::new(),
+            seconds: timeline.then(timeline::Seconds::default),
         })
     }
 
@@ -138,6 +144,9 @@ impl Tally {
         }
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
+        }
+        if let (Some(mine), Some(theirs)) = (self.seconds.as_mut(), other.seconds) {
+            mine.merge(theirs);
         }
         Ok(())
     }
@@ -216,7 +225,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             (Arc::clone(&target), Arc::clone(&next), Arc::clone(&done), Arc::clone(&failed));
         let opts = opts.clone();
         workers.spawn(async move {
-            let mut tally = Tally::new()?;
+            let mut tally = Tally::new(opts.timeline)?;
             let mut conn: Option<client::Connection> = None;
             let mut timer = client::Timer::new(opts.timeout);
             tokio::time::sleep_until(start).await;
@@ -259,20 +268,30 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     tally.fail(client::TLS_FAILED, 1, &failed);
                     break;
                 }
+                let second = due.saturating_duration_since(measure_from).as_secs() as usize;
                 match outcome {
                     Ok(status) => {
                         if let Some(count) = tally.status.get_mut(usize::from(status)) {
                             *count += 1;
                         }
-                        tally.histogram.saturating_record(latency.as_micros().max(1) as u64);
+                        let us = latency.as_micros().max(1) as u64;
+                        tally.histogram.saturating_record(us);
+                        if let Some(seconds) = tally.seconds.as_mut() {
+                            seconds.answer(second, us);
+                        }
                     }
-                    Err(kind) => tally.fail(kind, 1, &failed),
+                    Err(kind) => {
+                        tally.fail(kind, 1, &failed);
+                        if let Some(seconds) = tally.seconds.as_mut() {
+                            seconds.error(second);
+                        }
+                    }
                 }
             }
             anyhow::Ok(tally)
         });
     }
-    let mut total = Tally::new()?;
+    let mut total = Tally::new(opts.timeline)?;
     while let Some(joined) = workers.join_next().await {
         total.merge(joined??)?;
     }
@@ -281,5 +300,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         eprintln!();
     }
     let status = (0u16..).zip(total.status).filter(|&(_, n)| n > 0).collect();
-    Ok(Report::new(&opts, connections, total.histogram, status, total.errors))
+    let mut report = Report::new(&opts, connections, total.histogram, status, total.errors);
+    report.timeline = total.seconds.map(timeline::Seconds::series).unwrap_or_default();
+    Ok(report)
 }

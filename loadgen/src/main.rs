@@ -64,6 +64,10 @@ struct Cli {
     /// HTTP/2: h2 by ALPN for https://, h2c with prior knowledge for http://.
     #[arg(long)]
     http2: bool,
+    /// Draw requests/s, errors and p50/p99 per second over the run: FILE.svg, or FILE.html (the picture and
+    /// the numbers).
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Pass/fail judgement after the run, e.g. 'p99<200ms', 'errors<0.1%', 'rps>500', 'status:503<1%'
     /// (repeatable); any that fails makes the exit code 1.
     #[arg(long = "threshold")]
@@ -105,9 +109,15 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         None => bytes::Bytes::new(),
     };
     let tls = tls_config(cli, &url)?;
+    if let Some(path) = &cli.report
+        && !matches!(path.extension().and_then(|e| e.to_str()), Some("svg" | "html"))
+    {
+        anyhow::bail!("--report must name a .svg or .html file");
+    }
     let opts = Options {
         tls,
         http2: cli.http2,
+        timeline: cli.report.is_some(),
         url,
         pace,
         duration: cli.duration,
@@ -222,6 +232,18 @@ fn execute(cli: &Cli, opts: Options, thresholds: &[Threshold]) -> ExitCode {
         Ok(mut report) => {
             report.thresholds = thresholds.iter().map(|t| t.judge(&report)).collect();
             print!("{}", report.text());
+            if let Some(path) = &cli.report {
+                let title = format!("locci-loadgen {}", report.url);
+                let page = if path.extension().is_some_and(|e| e == "html") {
+                    locci_loadgen::timeline::html(&title, &report.timeline)
+                } else {
+                    locci_loadgen::timeline::svg(&title, &report.timeline)
+                };
+                if let Err(e) = std::fs::write(path, page) {
+                    eprintln!("locci-loadgen: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if let Some(path) = &cli.json {
                 let text = serde_json::to_string_pretty(&report).unwrap_or_default();
                 if let Err(e) = std::fs::write(path, text) {

@@ -50,6 +50,9 @@ pub struct Report {
     pub latency_us: Latency,
     /// The `--threshold` verdicts, in the order given.
     pub thresholds: Vec<crate::threshold::Outcome>,
+    /// Second by second (with `--report`; empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::timeline::Second>,
 }
 
 impl Report {
@@ -87,6 +90,7 @@ impl Report {
                 mean: h.mean(),
             },
             thresholds: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 

@@ -292,3 +292,42 @@ fn each_threshold_kind_passes_and_fails_with_the_right_exit_code() {
         assert_eq!(status.code(), Some(2), "{bad}");
     }
 }
+
+#[test]
+fn a_report_draws_every_second_of_the_run_in_svg_and_html() {
+    // Goal: the picture a staging run leaves behind. Method: a 2 s open-loop run with --report, then the SVG is
+    // read back: three panels, each line with one point per second of the JSON timeline, every point numeric.
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}/x", b.addr);
+    let dir = tempfile_dir();
+    let svg = dir.join("run.svg");
+    let (status, text, r) = loadgen(&[&url, "--rate", "200", "--duration", "2s", "--report", svg.to_str().unwrap()]);
+    assert!(status.success(), "{text}");
+    let seconds = r["timeline"].as_array().unwrap();
+    assert_eq!(seconds.len(), 2, "{r}");
+    let answered: u64 = seconds.iter().map(|s| s["answered"].as_u64().unwrap()).sum();
+    assert_eq!(answered, r["status"]["200"].as_u64().unwrap(), "the seconds add up to the run");
+    assert!(seconds.iter().all(|s| s["p99_us"].as_u64().unwrap() >= s["p50_us"].as_u64().unwrap()));
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"), "{picture}");
+    let lines: Vec<&str> = picture.lines().filter(|l| l.starts_with("<polyline")).collect();
+    assert_eq!(lines.len(), 4, "answered, errors, p50, p99");
+    for line in lines {
+        let points = line.split("points=\"").nth(1).unwrap().trim_end_matches("\"/>");
+        let parsed: Vec<(f64, f64)> = points
+            .split(' ')
+            .map(|p| {
+                let (x, y) = p.split_once(',').unwrap();
+                (x.parse().unwrap(), y.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(parsed.len(), seconds.len(), "{line}");
+    }
+    let html = dir.join("run.html");
+    let (status, _, _) = loadgen(&[&url, "--rate", "100", "--duration", "1s", "--report", html.to_str().unwrap()]);
+    assert!(status.success());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("<table>"), "{page}");
+    let (status, _, _) = loadgen(&[&url, "--duration", "1s", "--report", "run.png"]);
+    assert_eq!(status.code(), Some(2), "an unknown report format is refused before the run");
+}
