@@ -66,16 +66,20 @@ async fn serve_one(
     drain_body(&mut stream, &head).await?;
     let health = path == "/health";
     let b = behaviour.borrow().clone();
-    if b.hang {
-        std::future::pending::<()>().await;
-    }
     if !health {
+        // Received before anything else happens to it: a server that then hangs has still got the request, so
+        // a second delivery of it elsewhere shows (at_most_once).
         trace.push(Event::Received {
             t_us: now_us(),
             host: name.to_string(),
             id: id.unwrap_or(u64::MAX),
             path: path.clone(),
         });
+    }
+    if b.hang {
+        std::future::pending::<()>().await;
+    }
+    if !health {
         let (lo, hi) = b.latency;
         let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
         tokio::time::sleep(wait).await;
