@@ -25,10 +25,20 @@ pub const TLS_FAILED: &str = "tls";
 /// Where requests go, and the parts of every request that never change, built once.
 pub struct Target {
     addr: SocketAddr,
-    uri: http::Uri,
-    headers: http::HeaderMap,
+    /// One per request class (a scenario's), or the one request of the command line.
+    templates: Vec<Template>,
     /// The name the certificate must carry, for https.
     server_name: Option<ServerName<'static>>,
+}
+
+/// One class of request, built once.
+struct Template {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+    /// The key header and its values `key-0` … `key-{keys-1}`, when the class has one.
+    keys: Option<(http::HeaderName, Vec<http::HeaderValue>)>,
 }
 
 impl Target {
@@ -57,25 +67,65 @@ impl Target {
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
+        let scheme = if https { "https" } else { "http" };
         // h2 carries the authority in the request URI (its :authority), HTTP/1.1 in a Host header.
-        let uri: http::Uri = if opts.http2 {
-            opts.url.clone()
-        } else {
-            opts.url.path_and_query().map_or("/", |p| p.as_str()).parse()?
-        };
-        let mut headers = http::HeaderMap::new();
-        if !opts.http2 {
-            headers.insert(http::header::HOST, authority.parse()?);
-        }
-        for (name, value) in &opts.headers {
-            // A Host given with -H replaces the URL's; other names may repeat.
-            if name == http::header::HOST {
-                headers.insert(name, value.clone());
+        let uri_for = |path_and_query: &str| -> anyhow::Result<http::Uri> {
+            Ok(if opts.http2 {
+                format!("{scheme}://{authority}{path_and_query}").parse()?
             } else {
-                headers.append(name, value.clone());
-            }
+                path_and_query.parse()?
+            })
+        };
+        let mut base = http::HeaderMap::new();
+        if !opts.http2 {
+            base.insert(http::header::HOST, authority.parse()?);
         }
-        Ok(Arc::new(Target { addr, uri, headers, server_name }))
+        let with = |mut headers: http::HeaderMap, extra: &[(http::HeaderName, http::HeaderValue)]| {
+            for (name, value) in extra {
+                // A Host given explicitly replaces the URL's; other names may repeat.
+                if name == http::header::HOST {
+                    headers.insert(name, value.clone());
+                } else {
+                    headers.append(name, value.clone());
+                }
+            }
+            headers
+        };
+        let templates = match &opts.scenario {
+            None => vec![Template {
+                method: opts.method.clone(),
+                uri: uri_for(opts.url.path_and_query().map_or("/", |p| p.as_str()))?,
+                headers: with(base.clone(), &opts.headers),
+                body: opts.body.clone(),
+                keys: None,
+            }],
+            Some(s) => s
+                .load
+                .requests
+                .iter()
+                .map(|r| {
+                    let mut extra = opts.headers.clone();
+                    for (name, value) in &r.headers {
+                        extra.push((name.parse()?, value.parse()?));
+                    }
+                    let keys = match &r.key_header {
+                        Some(h) => Some((
+                            h.parse::<http::HeaderName>()?,
+                            (0..r.keys.max(1)).map(|n| format!("key-{n}").parse()).collect::<Result<_, _>>()?,
+                        )),
+                        None => None,
+                    };
+                    Ok(Template {
+                        method: r.method.parse()?,
+                        uri: uri_for(&r.path)?,
+                        headers: with(base.clone(), &extra),
+                        body: r.body.clone().map(Bytes::from).unwrap_or_default(),
+                        keys,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(Arc::new(Target { addr, templates, server_name }))
     }
 }
 
@@ -236,6 +286,7 @@ pub async fn send(
     conn: &mut Option<Connection>,
     timer: &mut Timer,
     opts: &Options,
+    (class, key): (usize, Option<u32>),
 ) -> Result<u16, &'static str> {
     if conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
         *conn = Some(connect(target, opts).await?);
@@ -245,10 +296,16 @@ pub async fn send(
     let Some(Connection { sender, driver }) = conn.as_mut() else { return Err("connect") };
     let outcome = {
         let exchange = async {
-            let mut req = http::Request::new(Full::new(opts.body.clone()));
-            *req.method_mut() = opts.method.clone();
-            *req.uri_mut() = target.uri.clone();
-            *req.headers_mut() = target.headers.clone();
+            let t = target.templates.get(class).ok_or("io")?;
+            let mut req = http::Request::new(Full::new(t.body.clone()));
+            *req.method_mut() = t.method.clone();
+            *req.uri_mut() = t.uri.clone();
+            *req.headers_mut() = t.headers.clone();
+            if let (Some((name, values)), Some(k)) = (&t.keys, key)
+                && let Some(value) = values.get(k as usize)
+            {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
             sender.ready().await.map_err(|_| "io")?;
             let resp = sender.send(req).await.map_err(|_| "io")?;
             let status = resp.status().as_u16();

@@ -87,6 +87,17 @@ pub struct Options {
     pub http2: bool,
     /// Keep the per-second series (for `--report`).
     pub timeline: bool,
+    /// A scenario's load: its request classes, and the arrivals planned from it (open loop on that schedule).
+    pub scenario: Option<Arc<Scenario>>,
+}
+
+/// A scenario's `load:` section, planned.
+#[derive(Debug)]
+pub struct Scenario {
+    /// The section, as written.
+    pub load: locci_scenario::LoadSpec,
+    /// When each request is due, its class and key.
+    pub slots: Vec<locci_scenario::plan::Slot>,
 }
 
 impl Options {
@@ -194,15 +205,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;
     // Open loop: slots [0, measured) fall in the warm-up, [measured, slots_end) in the measured window.
-    let (measured, slots_end) = match opts.pace {
-        Pace::Open { rate, .. } => (first_slot_at(start, measure_from, rate), first_slot_at(start, end, rate)),
-        Pace::Closed { .. } => (0, 0),
+    let (measured, slots_end) = match (&opts.scenario, opts.pace) {
+        (Some(s), _) => (0, s.slots.len() as u64),
+        (None, Pace::Open { rate, .. }) => (first_slot_at(start, measure_from, rate), first_slot_at(start, end, rate)),
+        (None, Pace::Closed { .. }) => (0, 0),
     };
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let progress = opts.progress.then(|| {
-        let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+        let (done, failed, scenario) = (Arc::clone(&done), Arc::clone(&failed), opts.scenario.clone());
         tokio::spawn(async move {
             let mut last = 0;
             let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
@@ -210,10 +222,17 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 tick.tick().await;
                 let now = done.load(Ordering::Relaxed);
                 let secs = Instant::now().saturating_duration_since(start).as_secs();
+                // With stages: which one the run is in, and the rate it asks for now.
+                let stage = scenario.as_ref().and_then(|s| {
+                    let since = Duration::from_secs(secs);
+                    locci_scenario::plan::stage_at(&s.load, since)
+                        .map(|i| format!("  stage {} at {:.0}/s", i + 1, locci_scenario::plan::rate_at(&s.load, since)))
+                });
                 eprint!(
-                    "\r[{secs:>4}s] {now:>10} requests  {:>8}/s  errors {:<6}",
+                    "\r[{secs:>4}s] {now:>10} requests  {:>8}/s  errors {:<6}{}",
                     now - last,
-                    failed.load(Ordering::Relaxed)
+                    failed.load(Ordering::Relaxed),
+                    stage.unwrap_or_default()
                 );
                 last = now;
             }
@@ -230,6 +249,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let mut timer = client::Timer::new(opts.timeout);
             tokio::time::sleep_until(start).await;
             loop {
+                let mut class = (0, None);
                 let (due, sent) = match opts.pace {
                     // No timer per request in a closed loop: the next one goes as soon as the last is in.
                     Pace::Closed { .. } => {
@@ -253,11 +273,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             tally.fail("unsent", unsent, &failed);
                             break;
                         }
-                        let due = slot_due(start, i, rate);
+                        let due = match &opts.scenario {
+                            Some(s) => {
+                                let slot = s.slots[i as usize];
+                                class = (slot.class, slot.key);
+                                start + slot.at
+                            }
+                            None => slot_due(start, i, rate),
+                        };
                         (due, open_loop_start(due).await)
                     }
                 };
-                let outcome = client::send(&target, &mut conn, &mut timer, &opts).await;
+                let outcome = client::send(&target, &mut conn, &mut timer, &opts, class).await;
                 let latency = Instant::now().saturating_duration_since(sent);
                 done.fetch_add(1, Ordering::Relaxed);
                 if due < measure_from {

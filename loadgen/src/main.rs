@@ -20,8 +20,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "locci-loadgen", version, about = "HTTP/1.1 load generator (closed or open loop, HDR latency)")]
 struct Cli {
-    /// Target URL (http://host:port/path).
-    url: String,
+    /// Target URL (http[s]://host:port/path); with --scenario, where its requests go (or give --target).
+    url: Option<String>,
+    /// With --scenario: the target's scheme and authority (its requests carry their own paths).
+    #[arg(long)]
+    target: Option<String>,
+    /// Play the load: section of a simulator scenario (its request classes, rate or stages, arrival) against
+    /// the target; stages set the run's length.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Seed for the scenario's mix and arrivals.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Open loop: requests per second, latency from the intended send time.
     #[arg(long, conflicts_with = "concurrency")]
     rate: Option<f64>,
@@ -91,10 +101,35 @@ fn main() -> ExitCode {
 }
 
 fn options(cli: &Cli) -> anyhow::Result<Options> {
-    let url: http::Uri = cli.url.parse().map_err(|e| anyhow::anyhow!("bad URL {:?}: {e}", cli.url))?;
-    let pace = match (cli.rate, cli.concurrency) {
-        (Some(rate), _) => Pace::Open { rate, connections: cli.connections },
-        (None, c) => Pace::Closed { concurrency: c.unwrap_or(16) },
+    let text = match (&cli.scenario, &cli.target, &cli.url) {
+        (Some(_), Some(t), _) | (Some(_), None, Some(t)) | (None, None, Some(t)) => t,
+        (Some(_), None, None) => anyhow::bail!("--scenario needs --target URL"),
+        (None, Some(_), _) => anyhow::bail!("--target goes with --scenario (give the URL itself otherwise)"),
+        (None, None, None) => anyhow::bail!("give the target URL"),
+    };
+    let url: http::Uri = text.parse().map_err(|e| anyhow::anyhow!("bad URL {text:?}: {e}"))?;
+    let scenario = match &cli.scenario {
+        Some(path) => {
+            if cli.concurrency.is_some() {
+                anyhow::bail!("--scenario runs an open loop at its own rate: --concurrency does not apply");
+            }
+            let load = locci_scenario::load_section(path, locci_loadgen::MAX_RATE)
+                .map_err(|p| anyhow::anyhow!("bad scenario {}: {}", path.display(), p.join("; ")))?;
+            // Stages set the length; without them --duration does.
+            let length = load.staged_length().unwrap_or(cli.duration);
+            let slots = locci_scenario::plan::arrivals(&load, load.start + length, cli.seed);
+            Some(Arc::new(locci_loadgen::Scenario { load, slots }))
+        }
+        None => None,
+    };
+    let pace = match (&scenario, cli.rate, cli.concurrency) {
+        (Some(s), _, _) => Pace::Open { rate: s.load.rate.max(1.0), connections: cli.connections },
+        (None, Some(rate), _) => Pace::Open { rate, connections: cli.connections },
+        (None, None, c) => Pace::Closed { concurrency: c.unwrap_or(16) },
+    };
+    let duration = match &scenario {
+        Some(s) => s.load.start + s.load.staged_length().unwrap_or(cli.duration),
+        None => cli.duration,
     };
     if cli.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
@@ -118,9 +153,10 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         tls,
         http2: cli.http2,
         timeline: cli.report.is_some(),
+        scenario,
         url,
         pace,
-        duration: cli.duration,
+        duration,
         warmup: cli.warmup,
         method: cli.method.parse()?,
         headers,

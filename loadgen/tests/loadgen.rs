@@ -331,3 +331,62 @@ fn a_report_draws_every_second_of_the_run_in_svg_and_html() {
     let (status, _, _) = loadgen(&[&url, "--duration", "1s", "--report", "run.png"]);
     assert_eq!(status.code(), Some(2), "an unknown report format is refused before the run");
 }
+
+#[test]
+fn a_scenario_mix_and_its_stages_are_played_against_a_real_target() {
+    // Goal: the load: section of a scenario means the same against staging as in the simulator. Method: a
+    // two-class mix (3:1) over two ramping stages against a real server, which records every path; the mix is
+    // checked within 3 standard deviations and each second's rate within 15 % of what the stages ask.
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = tempfile_dir();
+    let file = dir.join("staging.yaml");
+    std::fs::write(
+        &file,
+        "load:\n  arrival: poisson\n  stages: [{ for: 1s, rate: 200 }, { for: 1s, rate: 400 }]\n  requests:\n\
+         \x20   - { weight: 3, path: /a, headers: { X-Class: a }, key_header: X-Api-Key, keys: 5 }\n\
+         \x20   - { weight: 1, method: POST, path: /b, body: '{\"n\":1}' }\n",
+    )
+    .unwrap();
+    let target = format!("http://{}", b.addr);
+    let (status, text, r) = loadgen(&[
+        "--scenario",
+        file.to_str().unwrap(),
+        "--target",
+        &target,
+        "--seed",
+        "3",
+        "--report",
+        dir.join("s.svg").to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{text}");
+    let received = b.received();
+    let a = received.iter().filter(|(_, _, p)| p == "/a").count() as f64;
+    let n = received.len() as f64;
+    // 1 s ramping 200 -> 400 (300) then 1 s at 400: about 700 requests.
+    assert!((n - 700.0).abs() < 100.0, "{n} requests: {r}");
+    let sigma = (0.75 * 0.25 / n).sqrt();
+    assert!((a / n - 0.75).abs() < 3.0 * sigma, "class a got {a} of {n}");
+    let seconds: Vec<u64> = r["timeline"].as_array().unwrap().iter().map(|s| s["answered"].as_u64().unwrap()).collect();
+    assert_eq!(seconds.len(), 2, "{r}");
+    assert!((seconds[0] as f64 - 300.0).abs() < 45.0, "the ramp's second: {seconds:?}");
+    assert!((seconds[1] as f64 - 400.0).abs() < 60.0, "the last stage's second: {seconds:?}");
+    assert_eq!(r["status"]["200"].as_u64(), Some(n as u64), "{r}");
+}
+
+#[test]
+fn a_simulator_scenario_file_drives_a_staging_run_and_a_bad_one_is_refused() {
+    let b = Backend::start("lg", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/one-of-three-dies.yaml");
+    let target = format!("http://{}", b.addr);
+    let (status, text, r) = loadgen(&["--scenario", scenario, "--target", &target, "--duration", "1s"]);
+    assert!(status.success(), "{text}");
+    // 50/s for 1 s, of which a fifth are orders (POST with a body).
+    assert_eq!(r["requests"].as_u64(), Some(50), "{r}");
+    let orders = b.received().iter().filter(|(_, _, p)| p == "/orders").count();
+    assert!((3..=20).contains(&orders), "{orders} orders");
+    let dir = tempfile_dir();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "load:\n  stages: [{ for: 0s, rate: -1 }]\n  requests: []\n").unwrap();
+    let (status, _, _) = loadgen(&["--scenario", bad.to_str().unwrap(), "--target", &target]);
+    assert_eq!(status.code(), Some(2));
+}

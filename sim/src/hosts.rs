@@ -225,6 +225,8 @@ pub struct Planned {
     pub path: String,
     /// Key header and value.
     pub key: Option<(String, String)>,
+    /// The class's extra headers.
+    pub headers: Vec<(String, String)>,
     /// The statuses its class may get.
     pub expect: Vec<u16>,
     /// A body, sent with its Content-Length.
@@ -269,7 +271,10 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
 
 async fn exchange(req: &Planned) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
-    let key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
+    let mut key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
+    for (name, value) in &req.headers {
+        key.push_str(&format!("{name}: {value}\r\n"));
+    }
     let length = req.body.as_ref().map(|b| format!("Content-Length: {}\r\n", b.len())).unwrap_or_default();
     let head = format!(
         "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}{length}Connection: close\r\n\r\n{}",

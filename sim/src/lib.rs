@@ -7,6 +7,6 @@ pub mod net;
 pub mod oracle;
 pub mod plot;
 pub mod report;
-pub mod scenario;
 pub mod trace;
+pub use locci_scenario as scenario;
 pub mod world;

@@ -115,11 +115,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Scenario, ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("locci-sim: cannot read {}: {e}", path.display());
-        ExitCode::from(BAD_SCENARIO)
-    })?;
-    Scenario::parse(&text).map_err(|problems| {
+    Scenario::read(path).map_err(|problems| {
         eprintln!("locci-sim: bad scenario {}:", path.display());
         for p in problems {
             eprintln!("  {p}");

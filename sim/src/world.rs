@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
 use crate::hosts::{self, Behaviour, Command, Live, Planned, ProxyHost};
-use crate::scenario::{Arrival, Fault, PartitionMode, Scenario};
+use crate::scenario::{Fault, PartitionMode, Scenario};
 use crate::trace::{Event, Trace, us};
 
 /// Extra simulated time after the load ends, for in-flight requests to finish or time out.
@@ -168,43 +168,24 @@ fn name(f: &Fault) -> &'static str {
 
 /// The requests the client will send, in time order, drawn from `seed`.
 pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4c4f_4144);
-    let total_weight: u32 = s.load.requests.iter().map(|r| r.weight).sum();
-    let mut out = Vec::new();
-    let mut t = s.load.start;
-    while t < s.sim.duration {
-        let mut pick = rng.random_range(0..total_weight.max(1));
-        let spec = s
-            .load
-            .requests
-            .iter()
-            .find(|r| {
-                if pick < r.weight {
-                    true
-                } else {
-                    pick -= r.weight;
-                    false
-                }
-            })
-            .unwrap_or(&s.load.requests[0]);
-        let key =
-            spec.key_header.as_ref().map(|h| (h.clone(), format!("key-{}", rng.random_range(0..spec.keys.max(1)))));
-        out.push(Planned {
-            at: t,
-            id: 0,
-            method: spec.method.clone(),
-            path: spec.path.clone(),
-            key,
-            expect: spec.expect.clone(),
-            body: spec.body.clone(),
-            upstream_path: spec.upstream_path.clone(),
-        });
-        let gap = match s.load.arrival {
-            Arrival::Uniform => 1.0 / s.load.rate,
-            Arrival::Poisson => -(1.0 - rng.random::<f64>()).ln() / s.load.rate,
-        };
-        t += Duration::from_secs_f64(gap);
-    }
+    let mut out: Vec<Planned> = locci_scenario::plan::arrivals(&s.load, s.sim.duration, seed)
+        .into_iter()
+        .map(|slot| {
+            let spec = &s.load.requests[slot.class];
+            let key = spec.key_header.as_ref().zip(slot.key).map(|(h, n)| (h.clone(), format!("key-{n}")));
+            Planned {
+                at: slot.at,
+                id: 0,
+                method: spec.method.clone(),
+                path: spec.path.clone(),
+                key,
+                headers: spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                expect: spec.expect.clone(),
+                body: spec.body.clone(),
+                upstream_path: spec.upstream_path.clone(),
+            }
+        })
+        .collect();
     for StormPlan { header, key, path, rate, from, to, expect } in &expanded.storms {
         let mut t = *from;
         while t < *to && t < s.sim.duration {
@@ -214,6 +195,7 @@ pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
                 method: "GET".into(),
                 path: path.clone(),
                 key: Some((header.clone(), key.clone())),
+                headers: Vec::new(),
                 expect: expect.clone(),
                 body: None,
                 upstream_path: None,

@@ -113,6 +113,9 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                     if let Some((h, v)) = &req.key {
                         builder = builder.header(h.as_str(), v.as_str());
                     }
+                    for (name, value) in &req.headers {
+                        builder = builder.header(name.as_str(), value.as_str());
+                    }
                     if let Some(body) = &req.body {
                         builder = builder.body(body.clone());
                     }

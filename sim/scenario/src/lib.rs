@@ -1,6 +1,15 @@
 //! The scenario file: simulation settings, the proxy config, upstreams, load, a fault timeline, swarm
 //! settings and invariants. Parsed with the same YAML library as the proxy config, unknown keys rejected,
 //! and checked so a bad scenario is refused with a message that names the field.
+//!
+//! One crate, with no simulator in it, so `locci-sim` and `locci-loadgen` read the same file the same way:
+//! the `load:` section drives a simulated run and a staging run alike, and [`plan`] turns it into the same
+//! arrivals for both.
+
+pub mod plan;
+
+/// The highest load rate a simulated run takes, per second.
+pub const MAX_SIM_RATE: f64 = 5000.0;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -125,8 +134,13 @@ impl UpstreamSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
-    /// Requests per second.
+    /// Requests per second (with `stages`, the stages say instead).
+    #[serde(default)]
     pub rate: f64,
+    /// Ramping rates: each stage's rate moves linearly to the next stage's over the stage; the last holds. The
+    /// stages' total length is the load's length.
+    #[serde(default)]
+    pub stages: Vec<Stage>,
     /// `uniform` spacing or `poisson` arrivals (drawn from the seed).
     #[serde(default)]
     pub arrival: Arrival,
@@ -142,6 +156,86 @@ pub struct LoadSpec {
 
 fn client_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// One stage of a ramping load.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Requests per second at its start.
+    pub rate: f64,
+}
+
+impl LoadSpec {
+    /// The problems with this load for a runner that can send at most `max_rate` per second, each named by
+    /// its field under `load`.
+    pub fn check(&self, max_rate: f64) -> Vec<String> {
+        let mut p = Vec::new();
+        let fine = |r: f64| r > 0.0 && r <= max_rate;
+        if self.stages.is_empty() && !fine(self.rate) {
+            p.push(format!("load.rate: must be above 0 and at most {max_rate} per second"));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if !fine(stage.rate) {
+                p.push(format!("load.stages[{i}].rate: must be above 0 and at most {max_rate} per second"));
+            }
+            if stage.duration.is_zero() {
+                p.push(format!("load.stages[{i}].for: must be longer than 0"));
+            }
+        }
+        if self.requests.is_empty() || self.requests.iter().all(|r| r.weight == 0) {
+            p.push("load.requests: needs at least one request with a weight".into());
+        }
+        for (i, r) in self.requests.iter().enumerate() {
+            if r.body.is_some() && r.body_file.is_some() {
+                p.push(format!("load.requests[{i}]: body and body_file together"));
+            }
+        }
+        p
+    }
+
+    /// The load's length when its stages set it.
+    pub fn staged_length(&self) -> Option<Duration> {
+        (!self.stages.is_empty()).then(|| self.stages.iter().map(|s| s.duration).sum())
+    }
+
+    /// Reads every `body_file` (relative to `base`) into `body`.
+    pub fn read_bodies(&mut self, base: &std::path::Path) -> Result<(), String> {
+        for (i, r) in self.requests.iter_mut().enumerate() {
+            if let Some(file) = r.body_file.take() {
+                let path = base.join(&file);
+                r.body = Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("load.requests[{i}].body_file: cannot read {}: {e}", path.display()))?,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `load:` section of a scenario file (a whole simulator scenario, or a file with just `load:`), its
+/// bodies read, checked for a runner that sends at most `max_rate` per second.
+pub fn load_section(path: &std::path::Path, max_rate: f64) -> Result<LoadSpec, Vec<String>> {
+    #[derive(Deserialize)]
+    struct Only {
+        load: LoadSpec,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| vec![format!("invalid YAML: {e}")])?;
+    // Only the load section is read: the rest of a simulator scenario is the simulator's.
+    let load = tree.get("load").cloned().ok_or_else(|| vec!["no load: section".to_string()])?;
+    let only: Only = serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(
+        [(serde_yaml_ng::Value::from("load"), load)].into_iter().collect(),
+    ))
+    .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])?;
+    let mut load = only.load;
+    load.read_bodies(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| vec![e])?;
+    let problems = load.check(max_rate);
+    if problems.is_empty() { Ok(load) } else { Err(problems) }
 }
 
 /// How arrivals are spaced.
@@ -179,6 +273,12 @@ pub struct RequestSpec {
     /// A request body (sent with its Content-Length).
     #[serde(default)]
     pub body: Option<String>,
+    /// A file whose content is the body (relative to the scenario file).
+    #[serde(default)]
+    pub body_file: Option<String>,
+    /// Extra headers, name to value.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
     /// The path the upstream must receive (checked by `upstream_paths`); absent = not checked.
     #[serde(default)]
     pub upstream_path: Option<String>,
@@ -621,6 +721,14 @@ fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D:
 pub const MAX_DURATION: Duration = Duration::from_secs(6 * 3600);
 
 impl Scenario {
+    /// Reads, parses and checks a scenario file; `body_file`s are read relative to it.
+    pub fn read(path: &std::path::Path) -> Result<Scenario, Vec<String>> {
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+        let mut scenario = Scenario::parse(&text)?;
+        scenario.load.read_bodies(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| vec![e])?;
+        Ok(scenario)
+    }
+
     /// Parses and checks a scenario; every problem is named by its field.
     pub fn parse(text: &str) -> Result<Scenario, Vec<String>> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
@@ -664,12 +772,7 @@ impl Scenario {
                 p.push(format!("upstreams[{i}].latency: min is above max"));
             }
         }
-        if !(self.load.rate > 0.0 && self.load.rate <= 5000.0) {
-            p.push("load.rate: must be above 0 and at most 5000 per second".into());
-        }
-        if self.load.requests.is_empty() || self.load.requests.iter().all(|r| r.weight == 0) {
-            p.push("load.requests: needs at least one request with a weight".into());
-        }
+        p.extend(self.load.check(MAX_SIM_RATE));
         for (i, e) in self.timeline.iter().enumerate() {
             let target = match &e.fault {
                 Fault::Kill(t) | Fault::Restart(t) => Some(t),
