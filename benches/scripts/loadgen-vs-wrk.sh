@@ -2,7 +2,8 @@
 # just bench-loadgen: is locci-loadgen the bottleneck? Against one fast nginx (one worker, CPU 0) both wrk and
 # locci-loadgen (one thread, CPU 1, same connections) run in interleaved rounds; prints both rates and the
 # ratio. Target: locci-loadgen reaches at least 90% of wrk. Then the same nginx over TLS (HTTP/1.1 and h2):
-# locci-loadgen against oha (installed with cargo when missing; wrk speaks neither h2 nor verifies TLS here),
+# locci-loadgen against oha (installed with cargo when missing; wrk speaks no h2), both with --insecure since the
+# certificate is a self-signed one made here,
 # the same way. OHA=0 skips those rows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,7 +60,7 @@ for proto in h1 h2; do
   for r in $(seq "$ROUNDS"); do
     run_oha() { taskset -c 1 "$OHA_BIN" --no-tui --insecure $oflag -z "${DURATION}s" -c "$CONNECTIONS" \
       --output-format json "https://127.0.0.1:$PT/" > "$OUT/oha-$proto-$r.json" 2>/dev/null; }
-    run_lgt() { taskset -c 1 "$TARGET/release/locci-loadgen" "https://127.0.0.1:$PT/" --cacert "$OUT/cert.pem" $flag \
+    run_lgt() { taskset -c 1 "$TARGET/release/locci-loadgen" "https://127.0.0.1:$PT/" --insecure $flag \
       --threads 1 --concurrency "$CONNECTIONS" --duration "${DURATION}s" --json "$OUT/lgt-$proto-$r.json" > /dev/null 2>&1; }
     if [ $((r % 2)) -eq 1 ]; then run_oha; run_lgt; else run_lgt; run_oha; fi
   done
