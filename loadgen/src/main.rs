@@ -108,28 +108,24 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         (None, None, None) => anyhow::bail!("give the target URL"),
     };
     let url: http::Uri = text.parse().map_err(|e| anyhow::anyhow!("bad URL {text:?}: {e}"))?;
-    let scenario = match &cli.scenario {
+    // With a scenario, its stages set the run's length (else --duration does), from its start.
+    let (scenario, duration) = match &cli.scenario {
         Some(path) => {
             if cli.concurrency.is_some() {
                 anyhow::bail!("--scenario runs an open loop at its own rate: --concurrency does not apply");
             }
             let load = locci_scenario::load_section(path, locci_loadgen::MAX_RATE)
                 .map_err(|p| anyhow::anyhow!("bad scenario {}: {}", path.display(), p.join("; ")))?;
-            // Stages set the length; without them --duration does.
-            let length = load.staged_length().unwrap_or(cli.duration);
-            let slots = locci_scenario::plan::arrivals(&load, load.start + length, cli.seed);
-            Some(Arc::new(locci_loadgen::Scenario { load, slots }))
+            let duration = load.start + load.staged_length().unwrap_or(cli.duration);
+            let slots = locci_scenario::plan::arrivals(&load, duration, cli.seed);
+            (Some(Arc::new(locci_loadgen::Scenario { load, slots })), duration)
         }
-        None => None,
+        None => (None, cli.duration),
     };
     let pace = match (&scenario, cli.rate, cli.concurrency) {
         (Some(s), _, _) => Pace::Open { rate: s.load.rate.max(1.0), connections: cli.connections },
         (None, Some(rate), _) => Pace::Open { rate, connections: cli.connections },
         (None, None, c) => Pace::Closed { concurrency: c.unwrap_or(16) },
-    };
-    let duration = match &scenario {
-        Some(s) => s.load.start + s.load.staged_length().unwrap_or(cli.duration),
-        None => cli.duration,
     };
     if cli.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");

@@ -107,6 +107,24 @@ impl Attempts {
     pub fn stale_connection(&mut self) -> bool {
         !std::mem::replace(&mut self.resent_stale, true)
     }
+
+    /// An attempt on `server` failed after the request was sent. `stale` is the HTTP layer's word that the
+    /// pooled connection had been closed before any answer; only an `idempotent` request (whose body, if any,
+    /// is still whole) is then resent, as [`Attempts::stale_connection`] says; anything else is [`Attempts::fail`].
+    pub fn fail_sent(
+        &mut self,
+        pool: &Pool,
+        server: usize,
+        error: UpstreamError,
+        (stale, idempotent): (bool, bool),
+        now: Instant,
+    ) -> AfterFailure {
+        if stale && idempotent {
+            AfterFailure { retry: self.stale_connection(), transition: None }
+        } else {
+            self.fail(pool, server, error, now)
+        }
+    }
 }
 
 /// What an exchange that completed says about the server's health: an answer below 500 is a success.

@@ -113,6 +113,18 @@ pub fn check_method(method: &str) -> Result<(), ClientError> {
     if method.eq_ignore_ascii_case("CONNECT") { Err(ClientError::Connect) } else { Ok(()) }
 }
 
+impl ClientLimits {
+    /// The read timeouts of a request: the client's (between body bytes) and, for an upgrade, the upstream's
+    /// too, since an upgraded tunnel may idle for the keep-alive time on both sides (`None`: the route's own).
+    pub fn read_timeouts(&self, upgrade: bool) -> (Duration, Option<Duration>) {
+        if upgrade {
+            (self.keepalive_timeout, Some(self.keepalive_timeout.max(Duration::from_secs(1))))
+        } else {
+            (self.body_timeout, None)
+        }
+    }
+}
+
 /// The framing verdict on a parsed request head (`version` 0 for HTTP/1.0, 1 for HTTP/1.1; `target` the
 /// request target as sent).
 pub fn check_framing<'h>(
@@ -226,6 +238,13 @@ mod tests {
         assert_eq!(reasons, ClientError::REASONS);
         let codes: Vec<_> = statuses.iter().map(|(_, s)| *s).collect();
         assert_eq!(codes, [Some(408), Some(408), Some(431), Some(413), Some(400), None]);
+    }
+
+    #[test]
+    fn an_upgraded_tunnel_idles_for_the_keepalive_time_on_both_sides() {
+        let limits = ClientLimits::compile(&ClientConfig::default(), &mut |p, m| panic!("{p}: {m}"));
+        assert_eq!(limits.read_timeouts(false), (Duration::from_secs(30), None));
+        assert_eq!(limits.read_timeouts(true), (Duration::from_secs(60), Some(Duration::from_secs(60))));
     }
 
     #[test]

@@ -188,12 +188,10 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(now.mono);
         let runtime = self.shared.runtime();
         let reply = self.plan(session, ctx, &runtime, now).await;
-        // A body byte must come within body_timeout_secs; an upgraded tunnel may idle for the keep-alive time.
-        let limits = runtime.client_limits();
-        let upgrade = session.is_upgrade_req();
-        session.set_read_timeout(Some(if upgrade { limits.keepalive_timeout } else { limits.body_timeout }));
-        if upgrade {
-            ctx.read_timeout = limits.keepalive_timeout.max(Duration::from_secs(1));
+        let (downstream, upstream) = runtime.client_limits().read_timeouts(session.is_upgrade_req());
+        session.set_read_timeout(Some(downstream));
+        if let Some(upstream) = upstream {
+            ctx.read_timeout = upstream;
         }
         ctx.runtime = Some(runtime);
         match reply {
@@ -373,16 +371,17 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // What the HTTP layer says: its errors on a reused connection that never carried an answer are safe to
-        // resend for an idempotent request; everything else is the core's to decide.
+        // The facts the core decides on: the HTTP layer's word that the pooled connection was stale, and
+        // whether the request may be sent twice (its body, if any, still whole).
         let mut layer = e.retry;
         layer.decide_reuse(client_reused);
         let idempotent = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         let retry = match (ctx.pool().cloned(), e.esource(), ctx.in_flight.take()) {
-            (Some(_), ErrorSource::Upstream, Some(_)) if idempotent && layer.retry() => ctx.attempts.stale_connection(),
             (Some(pool), ErrorSource::Upstream, Some(in_flight)) => {
                 let idx = in_flight.server();
-                let after = ctx.attempts.fail(&pool, idx, sent_error(e.etype()), self.shared.env.clock.now());
+                let facts = (layer.retry(), idempotent);
+                let now = self.shared.env.clock.now();
+                let after = ctx.attempts.fail_sent(&pool, idx, sent_error(e.etype()), facts, now);
                 if let Some(t) = after.transition {
                     log_transition(&pool, idx, t, "live failures");
                 }

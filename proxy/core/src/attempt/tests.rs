@@ -114,3 +114,18 @@ fn a_stale_pooled_connection_is_resent_once_without_judging_the_server() {
     assert!(pool.servers().iter().all(|s| s.is_up()));
     assert!(attempts.next(pool, &req(&h), &e).is_ok(), "every server is still a candidate");
 }
+
+#[test]
+fn after_sending_only_an_idempotent_request_on_a_stale_connection_goes_again() {
+    let rt = runtime(2, ", passive: { consecutive_failures: 1 }");
+    let pool = &rt.pools()[0];
+    let now = ManualClock::default().now();
+    let mut attempts = Attempts::new();
+    let stale_get = attempts.fail_sent(pool, 0, UpstreamError::Broken, (true, true), now);
+    assert_eq!(stale_get, AfterFailure { retry: true, transition: None }, "resent, server not judged");
+    let stale_post = attempts.fail_sent(pool, 1, UpstreamError::Broken, (true, false), now);
+    assert!(!stale_post.retry, "a POST is never resent");
+    assert_eq!(stale_post.transition, Some(Transition::Down), "and the failure counts against the server");
+    let timeout = attempts.fail_sent(pool, 2, UpstreamError::Timeout, (false, true), now);
+    assert!(!timeout.retry, "a GET that timed out may have reached the server");
+}
