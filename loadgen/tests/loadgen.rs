@@ -6,35 +6,12 @@ use std::process::Command;
 
 use locci_proxy::demo::Backend;
 
-/// Runs locci-loadgen with `args` and `--json`; the exit status, stdout and the JSON report. Every run in
-/// these tests lasts a few seconds at most: one still going after 30 s has not stopped on time, and fails.
+mod common;
+
+/// Runs locci-loadgen with `args` and `--json`: the exit status, stdout and the JSON report.
 fn loadgen(args: &[&str]) -> (std::process::ExitStatus, String, serde_json::Value) {
-    let dir = tempfile_dir();
-    let json = dir.join("report.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut exited = false;
-    for _ in 0..300 {
-        exited = child.try_wait().unwrap().is_some();
-        if exited {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("locci-loadgen {args:?} was still running after 30 s");
-    }
-    let out = child.wait_with_output().unwrap();
-    let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default();
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), report)
+    let run = common::run(args);
+    (run.status, run.stdout, run.report)
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

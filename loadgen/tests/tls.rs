@@ -6,10 +6,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -95,34 +93,12 @@ fn server(tls: bool) -> Server {
     Server { addr, seen, ca_pem: ca.pem(), _runtime: runtime }
 }
 
-/// Runs locci-loadgen (bounded: killed and failed after 30 s); exit code, stdout, stderr and the JSON report.
+mod common;
+
+/// Runs locci-loadgen: exit code, stdout, stderr and the JSON report.
 fn loadgen(args: &[&str]) -> (Option<i32>, String, String, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_locci-loadgen"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut exited = false;
-    for _ in 0..300 {
-        exited = child.try_wait().unwrap().is_some();
-        if exited {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(exited, "locci-loadgen {args:?} was still running after 30 s");
-    let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr), report)
+    let run = common::run(args);
+    (run.status.code(), run.stdout, run.stderr, run.report)
 }
 
 fn ca_file(server: &Server) -> (tempfile::TempDir, String) {
