@@ -58,8 +58,13 @@ impl Found for locci_core::route::RouteMatch<'_> {
 }
 
 fn runtime(strategy: &str, middlewares: &str, mw_config: &str) -> Runtime {
+    runtime_with(strategy, "", middlewares, mw_config)
+}
+
+/// A gateway runtime whose group `u` also has the YAML lines `group` (each indented by four spaces).
+fn runtime_with(strategy: &str, group: &str, middlewares: &str, mw_config: &str) -> Runtime {
     let yaml = format!(
-        "mode: api_gateway\nupstreams:\n  u:\n    strategy: {strategy}\n    servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \
+        "mode: api_gateway\nupstreams:\n  u:\n{group}    strategy: {strategy}\n    servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \
          {{ address: \"10.0.0.3:80\", weight: 3 }}, \"10.0.0.4:80\", \"10.0.0.5:80\"]\n\
          api_gateway:\n  routes:\n    r: {{ path_pattern: \"^/\", upstream: u, middlewares: [{middlewares}] }}\n  middlewares:\n{mw_config}"
     );
@@ -81,7 +86,8 @@ fn selection(c: &mut Criterion) {
     for strategy in ["round_robin", "weighted", "random", "least_request", "consistent"] {
         let rt = runtime(strategy, "", "    {}\n");
         let pool = &rt.pools()[0];
-        g.bench_function(strategy, |b| b.iter(|| black_box(pool.select(&req, &[], &entropy))));
+        let now = ManualClock::default().now();
+        g.bench_function(strategy, |b| b.iter(|| black_box(pool.select(&req, &[], &entropy, now))));
     }
     g.finish();
 }
@@ -158,6 +164,18 @@ fn jwt(c: &mut Criterion) {
         headers: &HeaderPairs(&NO_HEADERS),
     };
     c.bench_function("plan_no_middlewares", |b| b.iter(|| black_box(plain.plan(&req, now, &entropy)).is_forward()));
+    // Every resilience policy of SPEC §9 configured, none of them acting (the issue's idle-cost target).
+    let policies = runtime_with(
+        "round_robin",
+        "    retry: { attempts: 2, budget: { percent: 20, min_concurrent: 3 } }\n    outlier: { consecutive_5xx: 5 }\n\
+         \x20   panic_threshold_percent: 50\n    circuit_breaker: { max_requests: 1024, max_retries: 3 }\n\
+         \x20   slow_start_secs: 30\n",
+        "",
+        "    {}\n",
+    );
+    c.bench_function("plan_with_idle_policies", |b| {
+        b.iter(|| black_box(policies.plan(&req, now, &entropy)).is_forward())
+    });
 }
 
 trait Forward {

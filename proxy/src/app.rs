@@ -263,6 +263,12 @@ impl Shared {
         }
     }
 
+    /// Whether the line about a refused retry may be written now (at most once a second: a storm of refusals
+    /// is what the budget is for, and the overflow counter has every one).
+    pub fn may_log_overflow(&self) -> bool {
+        self.may_log(LogLine::Overflow, 1)
+    }
+
     /// Whether a rate-limited log line may be written now (at most once every `secs` per line).
     fn may_log(&self, line: LogLine, secs: u64) -> bool {
         let slot = &self.logged[line.index()];
@@ -277,16 +283,18 @@ impl Shared {
 #[derive(Debug, Clone, Copy)]
 enum LogLine {
     StoreFallback,
+    Overflow,
     Client(ClientError),
 }
 
 impl LogLine {
-    const COUNT: usize = 1 + ClientError::REASONS.len();
+    const COUNT: usize = 2 + ClientError::REASONS.len();
 
     fn index(self) -> usize {
         match self {
             LogLine::StoreFallback => 0,
-            LogLine::Client(e) => 1 + ClientError::REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0),
+            LogLine::Overflow => 1,
+            LogLine::Client(e) => 2 + ClientError::REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0),
         }
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! Each answers every path with JSON naming itself and echoing what it received, and has a few
 //! behaviours to provoke: `GET /health` (200, or 503 when told to be unhealthy), `/slow?ms=N` (answers
-//! after N ms, at most 60 s), `/status/N` (answers with status N). The JSON includes `peer`, the address
-//! the request came from, so tests can see whether connections are reused.
+//! after N ms, at most 60 s), `/status/N` (answers with status N); and, set by the test that owns it, a
+//! status for every request ([`Backend::fail_with`]) and a delay before every answer ([`Backend::delay_ms`]).
+//! The JSON includes `peer`, the address the request came from, so tests can see whether connections are
+//! reused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -28,6 +30,12 @@ pub const MAX_RECEIVED: usize = 100_000;
 struct BackendState {
     name: String,
     healthy: AtomicBool,
+    /// A status every request gets (0: none).
+    fail_with: AtomicU16,
+    /// A delay before every answer, in ms.
+    delay_ms: AtomicU64,
+    /// The `x-request-id` of each request, in arrival order (at most MAX_RECEIVED).
+    request_ids: std::sync::Mutex<Vec<String>>,
     requests: AtomicU64,
     received: std::sync::Mutex<Vec<(tokio::time::Instant, Option<u64>, String)>>,
 }
@@ -51,6 +59,9 @@ impl Backend {
         let state = Arc::new(BackendState {
             name: name.into(),
             healthy: AtomicBool::new(true),
+            fail_with: AtomicU16::new(0),
+            delay_ms: AtomicU64::new(0),
+            request_ids: std::sync::Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             received: std::sync::Mutex::new(Vec::new()),
         });
@@ -77,6 +88,21 @@ impl Backend {
     /// Makes `/health` answer 200 (true) or 503 (false).
     pub fn set_healthy(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Makes every request but `/health` answer `status` (0 turns it off).
+    pub fn fail_with(&self, status: u16) {
+        self.state.fail_with.store(status, Ordering::Relaxed);
+    }
+
+    /// Makes every request but `/health` wait `ms` (at most [`MAX_SLOW_MS`]) before its answer.
+    pub fn delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms.min(MAX_SLOW_MS), Ordering::Relaxed);
+    }
+
+    /// The `X-Request-Id` of every request received, in order.
+    pub fn request_ids(&self) -> Vec<String> {
+        self.state.request_ids.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Requests served so far, health checks excluded.
@@ -123,6 +149,11 @@ async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response 
         let id = req.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         received.push((tokio::time::Instant::now(), id, req.uri().path().to_string()));
     }
+    if let (Ok(mut ids), Some(id)) = (state.request_ids.lock(), req.headers().get("x-request-id"))
+        && ids.len() < MAX_RECEIVED
+    {
+        ids.push(String::from_utf8_lossy(id.as_bytes()).into_owned());
+    }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -135,10 +166,16 @@ async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response 
             .min(MAX_SLOW_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let forced = StatusCode::from_u16(state.fail_with.load(Ordering::Relaxed)).ok();
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
+        .or(forced)
         .unwrap_or(StatusCode::OK);
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()

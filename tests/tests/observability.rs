@@ -183,8 +183,9 @@ fn every_dashboard_query_names_a_metric_the_proxy_exports() {
         .map(String::from)
         .collect();
     // SPEC §5 names 8; SPEC §10 adds locci_client_rejected_total, and the edge's two gauges (open client
-    // connections, upgraded connections).
-    assert_eq!(exported.len(), 11, "every metric family of the spec: {exported:?}");
+    // connections, upgraded connections); SPEC §9 the panic gauge (one series per group). §9's three counters
+    // (retries, ejections, overflow) have series only once they count: tests/tests/resilience.rs reads them.
+    assert_eq!(exported.len(), 12, "every metric family of the spec: {exported:?}");
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("monitoring/grafana/dashboards/locci.json")).unwrap(),
     )

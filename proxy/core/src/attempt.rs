@@ -3,16 +3,22 @@
 //! a server's health. The driver (`server/gateway.rs`) maps its transport's errors onto [`UpstreamError`] and
 //! calls in; it decides nothing of this itself.
 //!
-//! Today's policy (SPEC §3): only a failed *connect* is retried, on a server this request has not tried, up to
-//! the group's `retries`; a request that may have reached a server is never sent again (it may not be
-//! idempotent). No server to try at all is 503; every one tried failed is 502; a read timeout is 504.
+//! Without a `retry` policy (SPEC §3): only a failed *connect* is retried, on a server this request has not
+//! tried, up to the group's `retries`; a request that may have reached a server is never sent again (it may
+//! not be idempotent). No server to try at all is 503; every one tried failed is 502; a read timeout is 504.
+//!
+//! With one (SPEC §9): what `on` names is retried, up to `attempts` times, on a server not tried while one is
+//! left; an attempt that may have reached the server goes again only for a method the policy lists whose
+//! body was kept whole; each retry needs a slot under `circuit_breaker.max_retries` and the budget, and a
+//! refused retry leaves the client the last attempt's answer.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::clock::Entropy;
 use crate::request::RequestInfo;
 use crate::respond::Failure;
-use crate::upstream::{Pool, Transition};
+use crate::upstream::{Live, Overflow, Pool, RetryPolicy, RetryReason, RetrySlot, Transition};
 
 /// What went wrong with one attempt, in the core's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,19 +52,52 @@ impl UpstreamError {
         matches!(self, UpstreamError::Connect | UpstreamError::ConnectTimeout | UpstreamError::Unresolved)
     }
 
-    /// Whether it says something about the server's health (passive detection counts it).
+    /// Whether it says something about the server's health (outlier detection counts it).
     fn counts_against_server(self) -> bool {
         !matches!(self, UpstreamError::Unresolved)
     }
+
+    /// The `retry.on` reason that covers it.
+    pub fn reason(self) -> RetryReason {
+        match self {
+            UpstreamError::Connect | UpstreamError::ConnectTimeout | UpstreamError::Unresolved => {
+                RetryReason::ConnectFailure
+            }
+            UpstreamError::Timeout => RetryReason::Timeout,
+            UpstreamError::Broken => RetryReason::Reset,
+        }
+    }
 }
 
-/// What the core says after a failed attempt.
+/// The facts about a request that say whether it may be sent again once it may have reached a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resend<'a> {
+    /// Its method.
+    pub method: &'a str,
+    /// Its body is kept whole for sending again: none, or a known length within `retry.max_body_bytes` that
+    /// the HTTP layer still holds.
+    pub body_kept: bool,
+    /// The route's timeout still has time left.
+    pub time_left: bool,
+}
+
+/// What the core says after an attempt that did not give the client its answer, or whose answer may be
+/// retried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AfterFailure {
-    /// Another server may be tried.
-    pub retry: bool,
-    /// The server's state changed because of it (passive detection).
+    /// Another attempt follows, for this reason.
+    pub retry: Option<RetryReason>,
+    /// A retry was due but this limit refused it (counted; the client gets the last answer).
+    pub refused: Option<Overflow>,
+    /// The server's state changed because of it (outlier detection).
     pub transition: Option<Transition>,
+}
+
+impl AfterFailure {
+    /// Whether another attempt follows.
+    pub fn retries(&self) -> bool {
+        self.retry.is_some()
+    }
 }
 
 /// The attempts of one request.
@@ -66,7 +105,9 @@ pub struct AfterFailure {
 pub struct Attempts {
     tried: Vec<usize>,
     failed: u32,
+    retried: u32,
     resent_stale: bool,
+    slot: Option<RetrySlot>,
 }
 
 impl Attempts {
@@ -80,23 +121,119 @@ impl Attempts {
         self.failed
     }
 
-    /// The server for the next attempt: one that is up and not tried by this request. `Err` is what the client
-    /// is told when there is none: 503 when nothing was tried, 502 when everything tried failed.
-    pub fn next(&self, pool: &Pool, req: &RequestInfo<'_>, entropy: &dyn Entropy) -> Result<usize, Failure> {
-        pool.select(req, &self.tried, entropy).ok_or(if self.tried.is_empty() {
-            Failure::NoHealthyUpstream
-        } else {
-            Failure::UpstreamConnect
-        })
+    /// Retries made under the `retry` policy so far.
+    pub fn retried(&self) -> u32 {
+        self.retried
     }
 
-    /// Records that the attempt on `server` failed with `error`; passive detection hears of it, and the
-    /// answer says whether another server may be tried.
-    pub fn fail(&mut self, pool: &Pool, server: usize, error: UpstreamError, now: Instant) -> AfterFailure {
+    /// The server for the next attempt: one that is up and not tried by this request (under a `retry` policy,
+    /// one already tried when none is left). `Err` is what the client is told when there is none: 503 when
+    /// nothing was tried, 502 when everything tried failed.
+    pub fn next(
+        &self,
+        pool: &Pool,
+        req: &RequestInfo<'_>,
+        entropy: &dyn Entropy,
+        now: Instant,
+    ) -> Result<usize, Failure> {
+        let again = || pool.spec().retry.as_ref().and_then(|_| pool.select(req, &[], entropy, now));
+        pool.select(req, &self.tried, entropy, now)
+            .or_else(|| if self.tried.is_empty() { None } else { again() })
+            .ok_or(if self.tried.is_empty() { Failure::NoHealthyUpstream } else { Failure::UpstreamConnect })
+    }
+
+    /// Records that the attempt on `server` failed with `error`; outlier detection hears of it, and the
+    /// answer says whether another attempt follows.
+    pub fn fail(
+        &mut self,
+        pool: &Arc<Pool>,
+        server: usize,
+        error: UpstreamError,
+        resend: Resend<'_>,
+        now: Instant,
+    ) -> AfterFailure {
         self.tried.push(server);
         self.failed += 1;
-        let transition = if error.counts_against_server() { pool.report(server, false, now) } else { None };
-        AfterFailure { retry: error.before_sending() && pool.may_retry(self.failed), transition }
+        let transition =
+            if error.counts_against_server() { pool.report(server, Live::GatewayFailure, now) } else { None };
+        let mut after = match &pool.spec().retry {
+            None => AfterFailure {
+                retry: (error.before_sending() && pool.may_retry(self.failed)).then_some(RetryReason::ConnectFailure),
+                ..AfterFailure::default()
+            },
+            Some(policy) => {
+                let reached = !error.before_sending();
+                self.retry(pool, policy, error.reason(), reached, resend)
+            }
+        };
+        after.transition = transition;
+        after
+    }
+
+    /// The server answered `status`: whether the answer is retried instead of given to the client. When it
+    /// is, the attempt ends here and outlier detection hears of it; when not, it hears of it when the
+    /// exchange ends.
+    pub fn answered(
+        &mut self,
+        pool: &Arc<Pool>,
+        server: usize,
+        status: u16,
+        resend: Resend<'_>,
+        now: Instant,
+    ) -> AfterFailure {
+        let Some(policy) = &pool.spec().retry else {
+            return AfterFailure::default();
+        };
+        let Some(reason) = policy.status_reason(status) else {
+            return AfterFailure::default();
+        };
+        let after = self.retry(pool, policy, reason, true, resend);
+        if !after.retries() {
+            return after;
+        }
+        self.tried.push(server);
+        self.failed += 1;
+        AfterFailure { transition: pool.report(server, Live::of(status, false), now), ..after }
+    }
+
+    /// The wait before the next attempt: the policy's backoff for this retry; none without a policy.
+    pub fn backoff(&self, pool: &Pool, entropy: &dyn Entropy) -> Duration {
+        match &pool.spec().retry {
+            Some(policy) if self.retried > 0 => policy.backoff.delay(self.retried, entropy),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The read timeout of the next attempt: the policy's per-try timeout within what is left of the route's
+    /// `timeout` after `elapsed`.
+    pub fn read_timeout(&self, pool: &Pool, route_timeout: Duration, elapsed: Duration) -> Duration {
+        let per_try = pool.spec().retry.as_ref().and_then(|p| p.per_try_timeout).unwrap_or(route_timeout);
+        per_try.min(route_timeout.saturating_sub(elapsed))
+    }
+
+    fn retry(
+        &mut self,
+        pool: &Arc<Pool>,
+        policy: &RetryPolicy,
+        reason: RetryReason,
+        reached: bool,
+        resend: Resend<'_>,
+    ) -> AfterFailure {
+        let allowed = policy.on.has(reason)
+            && self.retried < policy.attempts
+            && resend.time_left
+            && (!reached || (policy.resends(resend.method) && resend.body_kept));
+        if !allowed {
+            return AfterFailure::default();
+        }
+        if self.slot.is_none() {
+            match pool.begin_retry() {
+                Ok(slot) => self.slot = Some(slot),
+                Err(overflow) => return AfterFailure { refused: Some(overflow), ..AfterFailure::default() },
+            }
+        }
+        self.retried += 1;
+        AfterFailure { retry: Some(reason), ..AfterFailure::default() }
     }
 }
 
@@ -113,23 +250,18 @@ impl Attempts {
     /// is still whole) is then resent, as [`Attempts::stale_connection`] says; anything else is [`Attempts::fail`].
     pub fn fail_sent(
         &mut self,
-        pool: &Pool,
+        pool: &Arc<Pool>,
         server: usize,
         error: UpstreamError,
         (stale, idempotent): (bool, bool),
+        resend: Resend<'_>,
         now: Instant,
     ) -> AfterFailure {
-        if stale && idempotent {
-            AfterFailure { retry: self.stale_connection(), transition: None }
-        } else {
-            self.fail(pool, server, error, now)
+        if stale && idempotent && self.stale_connection() {
+            return AfterFailure { retry: Some(RetryReason::Reset), ..AfterFailure::default() };
         }
+        self.fail(pool, server, error, resend, now)
     }
-}
-
-/// What an exchange that completed says about the server's health: an answer below 500 is a success.
-pub fn live_success(status: u16, failed: bool) -> bool {
-    !failed && status < 500
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub enum Failure {
     CorsRejected,
     /// A CORS preflight answered by the proxy: 204 with its `Access-Control-*` headers (not an error).
     Preflight(Vec<(&'static str, String)>),
+    /// The group's circuit breaker is full: 503 at once, nothing sent upstream.
+    Overloaded(crate::upstream::Overflow),
 }
 
 /// A response the proxy makes itself.
@@ -65,6 +67,7 @@ impl Failure {
                 return Reply { status: 401, error: Some("unauthorized"), headers: headers.clone() };
             }
             Failure::CorsRejected => (403, "cors preflight rejected"),
+            Failure::Overloaded(_) => (503, "upstream overloaded"),
             Failure::Preflight(headers) => return Reply { status: 204, error: None, headers: headers.clone() },
         };
         Reply { status, error: Some(error), headers: Vec::new() }
@@ -90,6 +93,7 @@ impl Failure {
             Failure::Unauthorized(_) => "unauthorized",
             Failure::CorsRejected => "cors_rejected",
             Failure::Preflight(_) => "preflight",
+            Failure::Overloaded(_) => "upstream_overloaded",
         }
     }
 }
@@ -124,6 +128,7 @@ mod tests {
             (Failure::Unauthorized(Vec::new()), 401),
             (Failure::CorsRejected, 403),
             (Failure::Preflight(Vec::new()), 204),
+            (Failure::Overloaded(crate::upstream::Overflow::Requests), 503),
         ];
         for (failure, status) in cases {
             assert_eq!(failure.reply().status, status, "{failure:?}");

@@ -18,7 +18,7 @@ use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejectio
 use crate::request::RequestInfo;
 use crate::respond::Failure;
 use crate::route::{Route, RouteMatch, RouteTable};
-use crate::upstream::Pool;
+use crate::upstream::{Admission, Pool};
 
 /// Everything the proxy needs to serve requests under one config.
 #[derive(Debug)]
@@ -60,6 +60,8 @@ pub enum Plan<'a> {
         group: usize,
         /// The chosen server.
         server: usize,
+        /// The request's place in the group's circuit breaker, held until it ends.
+        admission: Admission,
         /// Headers the middlewares add to the response.
         response_headers: Vec<(&'static str, String)>,
     },
@@ -75,7 +77,7 @@ impl Runtime {
                 let old = previous.and_then(|p| p.pools.iter().find(|o| o.name() == spec.name));
                 match old {
                     Some(old) if *old.spec() == spec => Arc::clone(old),
-                    _ => Arc::new(Pool::new(spec, old.map(|o| o.as_ref()))),
+                    _ => Arc::new(Pool::new(spec, old.map(|o| o.as_ref()), previous.map(|_| epoch))),
                 }
             })
             .collect();
@@ -178,7 +180,7 @@ impl Runtime {
         if let Some(refused) = admit(route, req) {
             return respond(Some(route), Failure::Client(refused), None, Vec::new());
         }
-        self.after_chain(route, middleware::run(route.steps(), req, now), req, entropy)
+        self.after_chain(route, middleware::run(route.steps(), req, now), req, now, entropy)
     }
 
     /// Continues a plan that waited for the shared rate-limit store.
@@ -191,7 +193,7 @@ impl Runtime {
         now: Now,
         entropy: &dyn Entropy,
     ) -> Plan<'a> {
-        self.after_chain(route, middleware::resume(route.steps(), pending, reply, req, now), req, entropy)
+        self.after_chain(route, middleware::resume(route.steps(), pending, reply, req, now), req, now, entropy)
     }
 
     fn after_chain<'a>(
@@ -199,6 +201,7 @@ impl Runtime {
         route: &'a Route,
         chain: Result<Outcome, Pending>,
         req: &RequestInfo<'_>,
+        now: Now,
         entropy: &dyn Entropy,
     ) -> Plan<'a> {
         let outcome = match chain {
@@ -208,21 +211,30 @@ impl Runtime {
         if let Some(failure) = outcome.reply {
             return Plan::Respond { route: Some(route), failure, rejection: outcome.rejection, headers: Vec::new() };
         }
-        // The first server is chosen by the same state machine as every later attempt (503 when none is up).
-        let first = self.pools.get(route.group).map(|pool| Attempts::new().next(pool, req, entropy));
-        match first {
-            Some(Ok(server)) => {
-                Plan::Forward { route, group: route.group, server, response_headers: outcome.response_headers }
-            }
-            Some(Err(failure)) => {
-                Plan::Respond { route: Some(route), failure, rejection: None, headers: outcome.response_headers }
-            }
-            None => Plan::Respond {
-                route: Some(route),
-                failure: Failure::Internal,
-                rejection: None,
-                headers: outcome.response_headers,
+        // The first server is chosen by the same state machine as every later attempt (503 when none is up),
+        // then the circuit breaker admits the request (503 "upstream overloaded" when the group is full).
+        let respond = |failure| Plan::Respond {
+            route: Some(route),
+            failure,
+            rejection: None,
+            headers: outcome.response_headers.clone(),
+        };
+        let Some(pool) = self.pools.get(route.group) else {
+            return respond(Failure::Internal);
+        };
+        let server = match Attempts::new().next(pool, req, entropy, now.mono) {
+            Ok(server) => server,
+            Err(failure) => return respond(failure),
+        };
+        match pool.admit() {
+            Ok(admission) => Plan::Forward {
+                route,
+                group: route.group,
+                server,
+                admission,
+                response_headers: outcome.response_headers,
             },
+            Err(overflow) => respond(Failure::Overloaded(overflow)),
         }
     }
 

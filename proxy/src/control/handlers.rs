@@ -82,10 +82,13 @@ pub async fn list_upstreams(State(shared): State<Arc<Shared>>) -> Json<Value> {
             let servers: Vec<Value> = p
                 .servers()
                 .iter()
-                .map(|s| json!({ "address": s.addr.text, "weight": s.weight, "healthy": s.is_up(), "in_flight": s.inflight() }))
+                .map(|s| {
+                    json!({ "address": s.addr.text, "weight": s.weight, "healthy": s.is_up(), "in_flight": s.inflight(),
+                            "ejected": s.is_ejected(), "ejections": s.ejections() })
+                })
                 .collect();
             let strategy = serde_json::to_value(p.spec().strategy).unwrap_or(Value::Null);
-            json!({ "name": p.name(), "strategy": strategy, "servers": servers })
+            json!({ "name": p.name(), "strategy": strategy, "servers": servers, "panic": p.in_panic() })
         })
         .collect();
     Json(Value::Array(groups))

@@ -134,7 +134,12 @@ async fn upstreams_and_servers_are_managed_with_conflicts_reported() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, body) = call(&s, "GET", "/api/v1/upstreams", Some(KEY), None).await;
-    assert!(body.contains(r#""address":"127.0.0.1:3004","healthy":true,"in_flight":0,"weight":2"#), "{body}");
+    assert!(
+        body.contains(
+            r#""address":"127.0.0.1:3004","ejected":false,"ejections":0,"healthy":true,"in_flight":0,"weight":2"#
+        ),
+        "{body}"
+    );
     assert_eq!(
         call(&s, "DELETE", "/api/v1/upstreams/new/servers/127.0.0.1:3004", Some(KEY), None).await.0,
         StatusCode::NO_CONTENT

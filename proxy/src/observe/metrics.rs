@@ -26,6 +26,10 @@ pub struct Metrics {
     client_rejected: IntCounterVec,
     upgraded: prometheus::IntGauge,
     connections: prometheus::IntGauge,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+    overflow: IntCounterVec,
+    panic: IntGaugeVec,
 }
 
 impl Metrics {
@@ -83,6 +87,26 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
+        let retries = counter(
+            "locci_upstream_retries_total",
+            "Attempts made again on a group's servers, by reason (SPEC §9).",
+            &["upstream", "reason"],
+        )?;
+        let ejections = counter(
+            "locci_upstream_ejections_total",
+            "Servers ejected by outlier detection.",
+            &["upstream", "server"],
+        )?;
+        let overflow = counter(
+            "locci_upstream_overflow_total",
+            "Requests (503) and retries (not made) refused by the circuit breaker or the retry budget.",
+            &["upstream", "kind"],
+        )?;
+        let panic = IntGaugeVec::new(
+            Opts::new("locci_upstream_panic", "1 while the group balances over all its servers (panic threshold)."),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(panic.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -97,6 +121,10 @@ impl Metrics {
             client_rejected,
             upgraded,
             connections,
+            retries,
+            ejections,
+            overflow,
+            panic,
         })
     }
 
@@ -137,6 +165,21 @@ impl Metrics {
         self.upgraded.add(delta);
     }
 
+    /// Counts a retry of an attempt on `upstream` (`reason` from a fixed set).
+    pub fn retry(&self, upstream: &str, reason: &str) {
+        self.retries.with_label_values(&[upstream, reason]).inc();
+    }
+
+    /// Counts an ejection of `server`.
+    pub fn ejection(&self, upstream: &str, server: &str) {
+        self.ejections.with_label_values(&[upstream, server]).inc();
+    }
+
+    /// Counts a request or retry refused by a limit (`kind`: requests | retries | budget).
+    pub fn overflow(&self, upstream: &str, kind: &str) {
+        self.overflow.with_label_values(&[upstream, kind]).inc();
+    }
+
     /// Counts a reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
@@ -148,7 +191,9 @@ impl Metrics {
         self.connections.set(i64::try_from(connections).unwrap_or(i64::MAX));
         self.health.reset();
         self.active.reset();
+        self.panic.reset();
         for pool in runtime.pools() {
+            self.panic.with_label_values(&[pool.name()]).set(i64::from(pool.in_panic()));
             for server in pool.servers() {
                 self.health.with_label_values(&[pool.name(), &server.addr.text]).set(i64::from(server.is_up()));
             }

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use locci_core::attempt::{Attempts, UpstreamError, live_success};
+use locci_core::attempt::{AfterFailure, Attempts, Resend, UpstreamError};
 use locci_core::edge::ClientError;
 use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
 use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
-use locci_core::upstream::{InFlight, Pool};
+use locci_core::upstream::{Admission, InFlight, Live, Pool, RetryReason, Transition};
 use locci_core::{Plan, Runtime};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -68,17 +68,24 @@ impl Gateway {
         match plan {
             Plan::Respond { route, failure, rejection, headers } => {
                 ctx.route = route.map(|r| Arc::clone(&r.name));
+                if matches!(failure, Failure::Overloaded(_)) {
+                    // The overflow is the group's: its metrics carry the group's name.
+                    ctx.group = route.map(|r| r.group);
+                }
                 let mut reply = failure.reply();
                 reply.headers.extend(headers);
                 ctx.failure = Some(failure);
                 ctx.rejection = rejection;
                 Some(reply)
             }
-            Plan::Forward { route, group, server, response_headers } => {
+            Plan::Forward { route, group, server, admission, response_headers } => {
                 ctx.route = Some(Arc::clone(&route.name));
                 ctx.group = Some(group);
+                ctx.admission = Some(admission);
+                ctx.body_kept = body_kept(&headers, runtime.pools().get(group).map(|p| p.as_ref()));
                 ctx.body_limit = route.max_body_bytes;
                 ctx.read_timeout = runtime.read_timeout(route);
+                ctx.route_timeout = ctx.read_timeout;
                 let forwarded = route.upstream_path(req.path, req.query);
                 let original = uri.path_and_query().map_or("/", |p| p.as_str());
                 ctx.upstream_path = (forwarded != original).then(|| forwarded.into_owned());
@@ -95,6 +102,43 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Time since the request started.
+    fn elapsed(&self, ctx: &RequestCtx) -> Duration {
+        ctx.started.map_or(Duration::ZERO, |s| self.shared.env.clock.now().saturating_duration_since(s))
+    }
+
+    /// The facts the core needs to decide whether the request may be sent again.
+    fn resend<'s>(&self, session: &'s Session, ctx: &RequestCtx) -> Resend<'s> {
+        let route_timeout = ctx.route_timeout;
+        Resend {
+            method: session.req_header().method.as_str(),
+            body_kept: ctx.body_kept && !session.as_ref().retry_buffer_truncated(),
+            time_left: self.elapsed(ctx) < route_timeout,
+        }
+    }
+
+    /// Acts on what the core said about an attempt: logs and counts a change of the server's state, a retry
+    /// and a refused one; returns whether the request goes again.
+    fn heed(&self, pool: &Pool, idx: usize, after: &AfterFailure, cause: &str) -> bool {
+        let metrics = &self.shared.metrics;
+        if let Some(t) = after.transition {
+            log_transition(pool, idx, t, cause);
+            if t == Transition::Down && pool.spec().outlier.is_some() {
+                metrics.ejection(pool.name(), pool.servers().get(idx).map_or("?", |s| s.addr.text.as_str()));
+            }
+        }
+        if let Some(reason) = after.retry {
+            metrics.retry(pool.name(), reason.as_str());
+        }
+        if let Some(kind) = after.refused {
+            metrics.overflow(pool.name(), kind.as_str());
+            if self.shared.may_log_overflow() {
+                tracing::warn!(upstream = pool.name(), kind = kind.as_str(), "retry refused by its limit");
+            }
+        }
+        after.retries()
+    }
+
     /// Feeds the request's outcome to the metrics: the one place they are counted.
     fn record(&self, ctx: &RequestCtx, status: u16, elapsed: Duration) {
         let metrics = &self.shared.metrics;
@@ -111,6 +155,10 @@ impl Gateway {
             (None, Some(Failure::Client(e))) => {
                 metrics.error(mode, e.reason());
                 self.shared.client_rejected(*e);
+            }
+            (None, Some(failure @ Failure::Overloaded(kind))) => {
+                metrics.error(mode, failure.kind());
+                metrics.overflow(upstream, kind.as_str());
             }
             (None, Some(failure)) if failure.is_error() => metrics.error(mode, failure.kind()),
             (None, Some(_)) => {}
@@ -131,6 +179,8 @@ pub struct RequestCtx {
     route: Option<Arc<str>>,
     group: Option<usize>,
     read_timeout: Duration,
+    /// The route's timeout: it bounds the whole request across attempts.
+    route_timeout: Duration,
     upstream_path: Option<String>,
     /// The normalised path, when it differs from the one the client sent.
     path: Option<String>,
@@ -140,6 +190,12 @@ pub struct RequestCtx {
     /// The upstream answered 101: the connection is a tunnel now (counted in a gauge until it ends).
     upgraded: bool,
     attempts: Attempts,
+    /// The request's place in its group's circuit breaker.
+    admission: Option<Admission>,
+    /// Its body can be sent again: none, or a declared length within the retry policy's `max_body_bytes`.
+    body_kept: bool,
+    /// The upstream's answer is being retried (decided in `upstream_response_filter`).
+    retrying_answer: Option<RetryReason>,
     in_flight: Option<InFlight>,
     last_server: Option<String>,
     response_headers: Vec<(&'static str, String)>,
@@ -168,12 +224,16 @@ impl ProxyHttp for Gateway {
             route: None,
             group: None,
             read_timeout: Duration::from_secs(30),
+            route_timeout: Duration::from_secs(30),
             upstream_path: None,
             path: None,
             body_limit: None,
             body_seen: 0,
             upgraded: false,
             attempts: Attempts::new(),
+            admission: None,
+            body_kept: false,
+            retrying_answer: None,
             in_flight: None,
             last_server: None,
             response_headers: Vec::new(),
@@ -209,6 +269,11 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let pool = ctx.pool().cloned().ok_or_else(|| Error::new(ErrorType::InternalError))?;
         let runtime = ctx.runtime.clone().ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        // A retry under the group's policy waits its backoff first (none before the first attempt).
+        let wait = ctx.attempts.backoff(&pool, &*self.shared.env.entropy);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         loop {
             let idx = match &ctx.in_flight {
                 Some(f) => f.server(),
@@ -216,7 +281,8 @@ impl ProxyHttp for Gateway {
                     let header = session.req_header();
                     let headers = HeaderView(header);
                     let req = headers.request(ctx.client_ip, ctx.path.as_deref().unwrap_or(header.uri.path()));
-                    match ctx.attempts.next(&pool, &req, &*self.shared.env.entropy) {
+                    let now = self.shared.env.clock.now();
+                    match ctx.attempts.next(&pool, &req, &*self.shared.env.entropy, now) {
                         Ok(idx) => {
                             ctx.in_flight = Some(pool.begin(idx));
                             idx
@@ -240,7 +306,9 @@ impl ProxyHttp for Gateway {
                         tracing::warn!(upstream = pool.name(), server = %server.addr.text, error = %e, "cannot resolve server");
                         ctx.in_flight = None;
                         let now = self.shared.env.clock.now();
-                        if ctx.attempts.fail(&pool, idx, UpstreamError::Unresolved, now).retry {
+                        let resend = self.resend(session, ctx);
+                        let after = ctx.attempts.fail(&pool, idx, UpstreamError::Unresolved, resend, now);
+                        if self.heed(&pool, idx, &after, "unresolved") {
                             continue;
                         }
                         ctx.failure = Some(UpstreamError::Unresolved.failure());
@@ -255,8 +323,18 @@ impl ProxyHttp for Gateway {
             peer.options.connection_timeout = Some(connect);
             // Custom L4 connectors (the simulator's) ignore connection_timeout; the total one always applies.
             peer.options.total_connection_timeout = Some(connect);
-            peer.options.read_timeout = Some(ctx.read_timeout);
-            peer.options.write_timeout = Some(ctx.read_timeout);
+            // Under a retry policy each attempt has its per-try timeout, within what is left of the route's.
+            let read_timeout = match spec.retry {
+                Some(_) => ctx.attempts.read_timeout(&pool, ctx.read_timeout, self.elapsed(ctx)),
+                None => ctx.read_timeout,
+            };
+            if read_timeout.is_zero() {
+                ctx.in_flight = None;
+                ctx.failure = Some(UpstreamError::Timeout.failure());
+                return Err(Error::explain(ErrorType::ReadTimedout, "the route's timeout is spent"));
+            }
+            peer.options.read_timeout = Some(read_timeout);
+            peer.options.write_timeout = Some(read_timeout);
             peer.options.idle_timeout = self.shared.env.transport.idle_timeout(runtime.idle_timeout());
             peer.options.custom_l4 = self.shared.env.transport.custom_l4();
             if let Some(path) = &spec.ca_path {
@@ -316,6 +394,31 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.as_ref()) else {
+            return Ok(());
+        };
+        if pool.spec().retry.is_none() {
+            return Ok(());
+        }
+        let idx = in_flight.server();
+        let status = upstream.status.as_u16();
+        let resend = self.resend(session, ctx);
+        let after = ctx.attempts.answered(&pool, idx, status, resend, self.shared.env.clock.now());
+        if !self.heed(&pool, idx, &after, "live failures") {
+            return Ok(());
+        }
+        // Nothing of this answer has reached the client: the attempt ends here and the request goes again.
+        ctx.in_flight = None;
+        ctx.retrying_answer = after.retry;
+        Err(Error::explain(ErrorType::HTTPStatus(status), "upstream answer retried"))
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -338,7 +441,7 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -352,13 +455,11 @@ impl ProxyHttp for Gateway {
         };
         let idx = in_flight.server();
         let error = connect_error(e.etype()).unwrap_or(UpstreamError::Connect);
-        let after = ctx.attempts.fail(&pool, idx, error, self.shared.env.clock.now());
-        if let Some(t) = after.transition {
-            log_transition(&pool, idx, t, "connect failures");
-        }
+        let resend = self.resend(session, ctx);
+        let after = ctx.attempts.fail(&pool, idx, error, resend, self.shared.env.clock.now());
         tracing::warn!(upstream = pool.name(), server = ctx.last_server.as_deref().unwrap_or(""),
             error_type = e.etype().as_str(), request_id = %ctx.request_id, "upstream connect failed");
-        e.set_retry(after.retry);
+        e.set_retry(self.heed(&pool, idx, &after, "connect failures"));
         e
     }
 
@@ -371,6 +472,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // The answer's retry was decided when its head arrived; this is Pingora carrying it out.
+        if ctx.retrying_answer.take().is_some() {
+            e.set_retry(true);
+            return e;
+        }
         // The facts the core decides on: the HTTP layer's word that the pooled connection was stale, and
         // whether the request may be sent twice (its body, if any, still whole).
         let mut layer = e.retry;
@@ -381,11 +487,9 @@ impl ProxyHttp for Gateway {
                 let idx = in_flight.server();
                 let facts = (layer.retry(), idempotent);
                 let now = self.shared.env.clock.now();
-                let after = ctx.attempts.fail_sent(&pool, idx, sent_error(e.etype()), facts, now);
-                if let Some(t) = after.transition {
-                    log_transition(&pool, idx, t, "live failures");
-                }
-                after.retry
+                let resend = self.resend(session, ctx);
+                let after = ctx.attempts.fail_sent(&pool, idx, sent_error(e.etype()), facts, resend, now);
+                self.heed(&pool, idx, &after, "live failures")
             }
             // Not the server's doing (the client went away): its health is judged when the request ends.
             (_, _, in_flight) => {
@@ -429,10 +533,17 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.take()) {
             // A failure on the client's side (it went away) says nothing about the server.
-            let ok = live_success(status, e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
-            if let Some(t) = pool.report(in_flight.server(), ok, self.shared.env.clock.now()) {
-                log_transition(&pool, in_flight.server(), t, if ok { "live success" } else { "live failures" });
-            }
+            let outcome = Live::of(status, e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
+            let after = AfterFailure {
+                transition: pool.report(in_flight.server(), outcome, self.shared.env.clock.now()),
+                ..AfterFailure::default()
+            };
+            self.heed(
+                &pool,
+                in_flight.server(),
+                &after,
+                if outcome == Live::Success { "live success" } else { "live failures" },
+            );
         }
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| self.shared.env.clock.now().saturating_duration_since(s));
         self.record(ctx, status, elapsed);
@@ -508,4 +619,17 @@ async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> 
         session.write_response_body(Some(Bytes::from(body)), true).await?;
     }
     Ok(())
+}
+
+/// Whether a request's body can be sent again under its group's retry policy: no body, or a declared length
+/// within `max_body_bytes` (a chunked body of unknown length is never resent).
+fn body_kept(headers: &HeaderView<'_>, pool: Option<&Pool>) -> bool {
+    let Some(policy) = pool.and_then(|p| p.spec().retry.as_ref()) else {
+        return false;
+    };
+    match (headers.get("content-length"), headers.get("transfer-encoding")) {
+        (_, Some(_)) => false,
+        (Some(length), None) => length.trim().parse::<u64>().is_ok_and(|n| n <= policy.max_body_bytes),
+        (None, None) => true,
+    }
 }

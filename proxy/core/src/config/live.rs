@@ -45,7 +45,7 @@ mod tests {
     fn listener_changes_need_a_restart_and_others_do_not() {
         let old = parse(BASE, &|_| None).unwrap();
         let mut new = old.clone();
-        new.upstreams["u"].retries = 3;
+        new.upstreams["u"].retries = Some(3);
         assert!(restart_needed(&old, &new).is_empty());
         new.server.bind_address = "127.0.0.1:9999".into();
         new.control_api.bind_address = "127.0.0.1:9998".into();

@@ -226,9 +226,12 @@ pub struct UpstreamConfig {
     /// For consistent: `header:NAME`, `client_ip` or `path` (default client_ip).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<String>,
-    /// Extra attempts on another server when connecting fails.
-    #[serde(default = "one")]
-    pub retries: u32,
+    /// Extra attempts on another server when connecting fails (default 1; not with `retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Retries after the request reached a server (SPEC §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
     /// TLS to the servers.
     #[serde(default)]
     pub tls: bool,
@@ -241,9 +244,133 @@ pub struct UpstreamConfig {
     /// Active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
-    /// Outlier detection from live traffic.
+    /// Outlier detection from live traffic (the older form; not with `outlier`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveConfig>,
+    /// Outlier detection from live traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierConfig>,
+    /// Below this share of servers up, in percent, balance over all of them (0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub panic_threshold_percent: u32,
+    /// Limits on what is in flight to the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// A returning server's share ramps up over this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_secs: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The `retry` policy of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts after the first.
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// What is retried: connect_failure, reset, timeout, gateway_error, 5xx, retriable_status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    /// Statuses retried under `retriable_status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status: Vec<u16>,
+    /// Methods that may be sent again once they may have reached a server (default: the idempotent ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Each attempt's read timeout (default: the route's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_secs: Option<u64>,
+    /// The wait before each retry (full jitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffConfig>,
+    /// Retries in flight stay within this share of first attempts in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetConfig>,
+    /// Largest request body kept for resending.
+    #[serde(default = "retry_body")]
+    pub max_body_bytes: u64,
+}
+
+fn retry_body() -> u64 {
+    65536
+}
+
+/// Retry backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// The window before the first retry, in milliseconds.
+    #[serde(default = "backoff_base")]
+    pub base_ms: u64,
+    /// The largest window, in milliseconds.
+    #[serde(default = "backoff_max")]
+    pub max_ms: u64,
+}
+
+fn backoff_base() -> u64 {
+    25
+}
+fn backoff_max() -> u64 {
+    250
+}
+
+/// The retry budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Percent of first attempts in flight.
+    pub percent: u32,
+    /// Retries allowed whatever the share.
+    #[serde(default = "three")]
+    pub min_concurrent: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// Outlier detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// 5xx answers in a row that eject a server (default 5 when neither streak is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    /// 502/503/504 answers and connect failures in a row that eject a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    /// The first ejection's length in seconds; later ones are this times the number of ejections.
+    #[serde(default = "thirty")]
+    pub base_ejection_secs: u64,
+    /// The longest ejection, in seconds.
+    #[serde(default = "three_hundred")]
+    pub max_ejection_secs: u64,
+    /// Most of the group ejected at once, in percent (one server always may be).
+    #[serde(default = "fifty_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn three_hundred() -> u64 {
+    300
+}
+fn fifty_percent() -> u32 {
+    50
+}
+
+/// The circuit breaker of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Requests in flight to the group; over it: 503 at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Retries in flight to the group; over it: no retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 fn one() -> u32 {

@@ -3,6 +3,8 @@ use proptest::strategy::Strategy;
 
 use super::Strategy as Balance;
 use super::*;
+use crate::upstream::{Backoff, CircuitBreaker, RetryPolicy, RetryReason};
+use std::time::Duration;
 
 fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
     move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
@@ -23,7 +25,8 @@ fn minimal_load_balancer_config_loads_with_defaults() {
     let valid = load(LB, &env(&[])).unwrap();
     assert_eq!(valid.config.server.bind_address, "0.0.0.0:8484");
     assert_eq!(valid.config.server.connection_pool.max_idle, 128);
-    assert_eq!(valid.config.upstreams["u"].retries, 1);
+    assert_eq!(valid.config.upstreams["u"].retries, None);
+    assert_eq!(valid.groups[0].retries, 1, "retries defaults to 1");
     assert!(valid.summary().contains("mode lb"));
 }
 
@@ -127,12 +130,17 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         .collect(),
                     strategy,
                     hash_key: None,
-                    retries: 1,
+                    retries: Some(1),
+                    retry: None,
                     tls: false,
                     sni: None,
                     ca_path: None,
                     health_check: None,
                     passive: None,
+                    outlier: None,
+                    panic_threshold_percent: 0,
+                    circuit_breaker: None,
+                    slow_start_secs: None,
                 },
             );
             let mut routes = indexmap::IndexMap::new();
@@ -204,4 +212,67 @@ proptest! {
 fn an_empty_api_key_means_no_key() {
     let valid = load(&format!("{LB}control_api: {{ api_key: \"${{UNSET_KEY:-}}\" }}\n"), &env(&[])).unwrap();
     assert_eq!(valid.config.control_api.api_key, None);
+}
+
+fn lb_with(group: &str) -> String {
+    format!(
+        "mode: load_balancer\nupstreams: {{ u: {{ servers: [\"127.0.0.1:9001\", \"127.0.0.1:9002\"], {group} }} }}\nload_balancer: {{ upstream: u }}\n"
+    )
+}
+
+#[test]
+fn every_resilience_key_is_checked_with_its_field_path() {
+    let cases = [
+        ("retries: 1, retry: { attempts: 1 }", "upstreams.u.retries: not with retry"),
+        ("passive: { consecutive_failures: 1 }, outlier: {}", "upstreams.u.passive: not with outlier"),
+        ("retry: { attempts: 0 }", "upstreams.u.retry.attempts: must be 1 to 10"),
+        ("retry: { attempts: 11 }", "upstreams.u.retry.attempts: must be 1 to 10"),
+        ("retry: { on: [timeout, teapot] }", "upstreams.u.retry.on[1]: \"teapot\" is not one of connect_failure"),
+        ("retry: { on: [] }", "upstreams.u.retry.on: must name at least one reason"),
+        ("retry: { on: [retriable_status], retriable_status: [700] }", "upstreams.u.retry.retriable_status[0]"),
+        ("retry: { retriable_status: [409] }", "upstreams.u.retry.retriable_status: has no effect"),
+        ("retry: { methods: [GET, FETCH] }", "upstreams.u.retry.methods: not HTTP methods: FETCH"),
+        ("retry: { methods: [] }", "upstreams.u.retry.methods: must list at least one method"),
+        ("retry: { per_try_timeout_secs: 0 }", "upstreams.u.retry.per_try_timeout_secs: must be at least 1"),
+        ("retry: { backoff: { base_ms: 100, max_ms: 10 } }", "upstreams.u.retry.backoff.max_ms"),
+        ("retry: { budget: { percent: 0 } }", "upstreams.u.retry.budget.percent: must be 1 to 100"),
+        ("retry: { max_body_bytes: 1000000 }", "upstreams.u.retry.max_body_bytes: must be at most 65536"),
+        ("outlier: { consecutive_5xx: 0 }", "upstreams.u.outlier.consecutive_5xx: must be at least 1"),
+        ("outlier: { base_ejection_secs: 60, max_ejection_secs: 30 }", "upstreams.u.outlier.max_ejection_secs"),
+        ("outlier: { max_ejection_percent: 101 }", "upstreams.u.outlier.max_ejection_percent: must be 0 to 100"),
+        ("panic_threshold_percent: 150", "upstreams.u.panic_threshold_percent: must be 0 to 100"),
+        ("circuit_breaker: {}", "upstreams.u.circuit_breaker: needs max_requests or max_retries"),
+        ("circuit_breaker: { max_requests: 0 }", "upstreams.u.circuit_breaker.max_requests: must be at least 1"),
+        ("slow_start_secs: 0", "upstreams.u.slow_start_secs: must be at least 1"),
+        ("retry: { attempts: 1, jitter: true }", "jitter"),
+    ];
+    for (group, needle) in cases {
+        let joined = errors(&lb_with(group)).join("\n");
+        assert!(joined.contains(needle), "{group}: missing {needle:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn resilience_defaults_are_those_of_the_spec() {
+    let valid = load(&lb_with("retry: {}, outlier: {}, circuit_breaker: { max_requests: 9 }"), &env(&[])).unwrap();
+    let g = &valid.groups[0];
+    let retry = g.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 1);
+    assert_eq!(g.retries, 0, "retry covers connect failures itself");
+    for reason in RetryReason::ALL {
+        let on = RetryPolicy::DEFAULT_ON.contains(&reason);
+        assert_eq!(retry.on.has(reason), on, "{reason:?}");
+    }
+    assert!(retry.resends("PUT") && retry.resends("GET") && !retry.resends("POST") && !retry.resends("PATCH"));
+    assert_eq!(retry.backoff, Backoff { base: Duration::from_millis(25), max: Duration::from_millis(250) });
+    assert_eq!((retry.budget, retry.max_body_bytes, retry.per_try_timeout), (None, 65536, None));
+    let o = g.outlier.unwrap();
+    assert_eq!((o.consecutive_5xx, o.consecutive_gateway_failure), (Some(5), None));
+    assert_eq!((o.base_ejection, o.max_ejection), (Duration::from_secs(30), Duration::from_secs(300)));
+    assert_eq!(o.max_ejection_percent, 50);
+    assert_eq!(g.panic_threshold_percent, 0);
+    assert_eq!(g.circuit_breaker, Some(CircuitBreaker { max_requests: Some(9), max_retries: None }));
+    let plain = load(&lb_with("strategy: round_robin"), &env(&[])).unwrap();
+    let g = &plain.groups[0];
+    assert!(g.retry.is_none() && g.outlier.is_none() && g.circuit_breaker.is_none() && g.slow_start.is_none());
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{Config, ConfigError, ConfigErrors, Mode, UpstreamConfig};
+use super::{Config, ConfigError, ConfigErrors, Mode, OutlierConfig, RetryConfig, UpstreamConfig};
 use crate::edge::ClientLimits;
 use crate::method::MethodSet;
 use crate::middleware::{self, Kind, Middlewares};
 use crate::route::{RouteSpec, RouteTable};
 use crate::upstream::{
-    ActiveCheck, GroupSpec, HashKey, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Passive, ServerAddr, Thresholds,
+    ActiveCheck, Backoff, Budget, CircuitBreaker, GroupSpec, HashKey, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Outlier,
+    RetryOn, RetryPolicy, RetryReason, ServerAddr, Thresholds,
 };
 
 /// The name of the one route in load_balancer mode.
@@ -243,9 +244,13 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
             }
         },
     };
-    if u.retries > MAX_RETRIES {
+    if u.retries.is_some_and(|r| r > MAX_RETRIES) {
         p.add(format!("{path}.retries"), format!("must be at most {MAX_RETRIES}"));
     }
+    if u.retries.is_some() && u.retry.is_some() {
+        p.add(format!("{path}.retries"), "not with retry (retry.on: [connect_failure] covers it)");
+    }
+    let retry = u.retry.as_ref().map(|r| retry_policy(&format!("{path}.retry"), r, p));
     if let Some(ca) = &u.ca_path {
         if !u.tls {
             p.add(format!("{path}.ca_path"), "only applies with tls: true");
@@ -286,18 +291,154 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
         if x.cooldown_secs == 0 {
             p.add(format!("{path}.passive.cooldown_secs"), "must be at least 1");
         }
-        Passive { consecutive_failures: x.consecutive_failures, cooldown: Duration::from_secs(x.cooldown_secs) }
+        Outlier::passive(x.consecutive_failures, Duration::from_secs(x.cooldown_secs))
     });
+    if u.passive.is_some() && u.outlier.is_some() {
+        p.add(format!("{path}.passive"), "not with outlier (outlier replaces it)");
+    }
+    let outlier = u.outlier.as_ref().map(|o| outlier(&format!("{path}.outlier"), o, p)).or(passive);
+    if u.panic_threshold_percent > 100 {
+        p.add(format!("{path}.panic_threshold_percent"), "must be 0 to 100");
+    }
+    let circuit_breaker = u.circuit_breaker.as_ref().map(|c| {
+        let at_least_one = |field: &str, v: Option<u32>, p: &mut Problems| {
+            if v == Some(0) {
+                p.add(format!("{path}.circuit_breaker.{field}"), "must be at least 1");
+            }
+        };
+        at_least_one("max_requests", c.max_requests, p);
+        at_least_one("max_retries", c.max_retries, p);
+        if c.max_requests.is_none() && c.max_retries.is_none() {
+            p.add(format!("{path}.circuit_breaker"), "needs max_requests or max_retries");
+        }
+        CircuitBreaker { max_requests: c.max_requests, max_retries: c.max_retries }
+    });
+    if u.slow_start_secs == Some(0) {
+        p.add(format!("{path}.slow_start_secs"), "must be at least 1");
+    }
     (p.0.len() == before).then(|| GroupSpec {
         name: name.into(),
         servers,
         strategy: u.strategy,
         hash_key,
-        retries: u.retries,
+        retries: if retry.is_some() { 0 } else { u.retries.unwrap_or(1) },
+        retry,
         tls: u.tls,
         sni: u.sni.clone(),
         ca_path: u.ca_path.clone(),
         active,
-        passive,
+        outlier,
+        panic_threshold_percent: u.panic_threshold_percent,
+        circuit_breaker,
+        slow_start: u.slow_start_secs.map(Duration::from_secs),
     })
+}
+
+/// The most of a request body the HTTP layer keeps for sending again (Pingora's retry buffer).
+pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+fn retry_policy(path: &str, r: &RetryConfig, p: &mut Problems) -> RetryPolicy {
+    if r.attempts == 0 || r.attempts > MAX_RETRIES {
+        p.add(format!("{path}.attempts"), format!("must be 1 to {MAX_RETRIES}"));
+    }
+    let on = match &r.on {
+        None => RetryOn::of(RetryPolicy::DEFAULT_ON),
+        Some(list) => {
+            let mut reasons = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                match RetryReason::parse(name) {
+                    Some(reason) => reasons.push(reason),
+                    None => p.add(
+                        format!("{path}.on[{i}]"),
+                        format!("{name:?} is not one of {}", RetryReason::ALL.map(RetryReason::as_str).join(", ")),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                p.add(format!("{path}.on"), "must name at least one reason");
+            }
+            RetryOn::of(reasons)
+        }
+    };
+    for (i, status) in r.retriable_status.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            p.add(format!("{path}.retriable_status[{i}]"), "must be an HTTP status (100 to 599)");
+        }
+    }
+    if !r.retriable_status.is_empty() && !on.has(RetryReason::RetriableStatus) {
+        p.add(format!("{path}.retriable_status"), "has no effect unless on lists retriable_status");
+    }
+    let names: Vec<&str> = match &r.methods {
+        None => RetryPolicy::DEFAULT_METHODS.to_vec(),
+        Some(list) => list.iter().map(String::as_str).collect(),
+    };
+    if names.is_empty() {
+        p.add(format!("{path}.methods"), "must list at least one method");
+    }
+    let methods = match MethodSet::parse(names) {
+        Ok(set) => set,
+        Err(unknown) => {
+            p.add(format!("{path}.methods"), format!("not HTTP methods: {}", unknown.join(", ")));
+            MethodSet::default()
+        }
+    };
+    if r.per_try_timeout_secs == Some(0) {
+        p.add(format!("{path}.per_try_timeout_secs"), "must be at least 1");
+    }
+    let backoff =
+        r.backoff.as_ref().map_or(Backoff { base: Duration::from_millis(25), max: Duration::from_millis(250) }, |b| {
+            if b.max_ms < b.base_ms {
+                p.add(format!("{path}.backoff.max_ms"), "must be at least base_ms");
+            }
+            Backoff { base: Duration::from_millis(b.base_ms), max: Duration::from_millis(b.max_ms) }
+        });
+    let budget = r.budget.as_ref().map(|b| {
+        if b.percent == 0 || b.percent > 100 {
+            p.add(format!("{path}.budget.percent"), "must be 1 to 100");
+        }
+        Budget { percent: b.percent, min_concurrent: b.min_concurrent }
+    });
+    if r.max_body_bytes > MAX_RETRY_BODY {
+        p.add(
+            format!("{path}.max_body_bytes"),
+            format!("must be at most {MAX_RETRY_BODY} (the most of a body the HTTP layer keeps for resending)"),
+        );
+    }
+    RetryPolicy {
+        attempts: r.attempts,
+        on,
+        retriable_status: r.retriable_status.clone(),
+        methods,
+        per_try_timeout: r.per_try_timeout_secs.map(Duration::from_secs),
+        backoff,
+        budget,
+        max_body_bytes: r.max_body_bytes,
+    }
+}
+
+fn outlier(path: &str, o: &OutlierConfig, p: &mut Problems) -> Outlier {
+    for (field, v) in
+        [("consecutive_5xx", o.consecutive_5xx), ("consecutive_gateway_failure", o.consecutive_gateway_failure)]
+    {
+        if v == Some(0) {
+            p.add(format!("{path}.{field}"), "must be at least 1");
+        }
+    }
+    if o.base_ejection_secs == 0 {
+        p.add(format!("{path}.base_ejection_secs"), "must be at least 1");
+    }
+    if o.max_ejection_secs < o.base_ejection_secs {
+        p.add(format!("{path}.max_ejection_secs"), "must be at least base_ejection_secs");
+    }
+    if o.max_ejection_percent > 100 {
+        p.add(format!("{path}.max_ejection_percent"), "must be 0 to 100");
+    }
+    let neither = o.consecutive_5xx.is_none() && o.consecutive_gateway_failure.is_none();
+    Outlier {
+        consecutive_5xx: if neither { Some(5) } else { o.consecutive_5xx },
+        consecutive_gateway_failure: o.consecutive_gateway_failure,
+        base_ejection: Duration::from_secs(o.base_ejection_secs),
+        max_ejection: Duration::from_secs(o.max_ejection_secs),
+        max_ejection_percent: o.max_ejection_percent,
+    }
 }

@@ -46,7 +46,7 @@ fn all_servers_down_is_503() {
     let now = ManualClock::default().now();
     let v = &rt.pools()[1];
     assert!(v.probe(0, false, now).is_none(), "no active checks configured: probes are ignored");
-    v.report(0, false, now);
+    v.report(0, crate::upstream::Live::GatewayFailure, now);
     let rt2 = runtime(
         &GW.replace(
             "v: { servers: [\"10.0.0.3:80\"] }",
@@ -54,7 +54,7 @@ fn all_servers_down_is_503() {
         ),
         None,
     );
-    rt2.pools()[1].report(0, false, now);
+    rt2.pools()[1].report(0, crate::upstream::Live::GatewayFailure, now);
     assert_eq!(status(&plan(&rt2, "GET", "/other", &HeaderPairs(&[]))), 503);
 }
 

@@ -2,10 +2,15 @@
 
 mod address;
 mod health;
+mod policy;
 mod pool;
 mod select;
 
 pub use address::ServerAddr;
-pub use health::{HealthState, Passive, Thresholds, Transition};
-pub use pool::{ActiveCheck, GroupSpec, HashKey, InFlight, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Pool, ServerState};
+pub use health::{HealthState, Live, Outlier, Thresholds, Transition, ejection_time};
+pub use policy::{Backoff, Budget, CircuitBreaker, Overflow, RetryOn, RetryPolicy, RetryReason};
+pub use pool::{
+    ActiveCheck, Admission, GroupSpec, HashKey, InFlight, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Pool, RetrySlot,
+    ServerState,
+};
 pub use select::Selector;

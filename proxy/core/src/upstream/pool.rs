@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ServerAddr;
-use super::health::{HealthState, Passive, Thresholds, Transition};
+use super::health::{HealthState, Live, Outlier, Thresholds, Transition};
+use super::policy::{CircuitBreaker, Overflow, RetryPolicy};
 use super::select::Selector;
 use crate::config::Strategy;
 use crate::request::RequestInfo;
@@ -61,8 +62,10 @@ pub struct GroupSpec {
     pub strategy: Strategy,
     /// Hash input for consistent.
     pub hash_key: HashKey,
-    /// Extra attempts after a connect failure.
+    /// Extra attempts after a connect failure (`retries`; 0 when `retry` is given, which covers it).
     pub retries: u32,
+    /// The `retry` policy.
+    pub retry: Option<RetryPolicy>,
     /// TLS to the servers.
     pub tls: bool,
     /// SNI name.
@@ -71,8 +74,14 @@ pub struct GroupSpec {
     pub ca_path: Option<String>,
     /// Active checks.
     pub active: Option<ActiveCheck>,
-    /// Passive detection.
-    pub passive: Option<Passive>,
+    /// Outlier detection (`outlier`, or `passive` as its subset).
+    pub outlier: Option<Outlier>,
+    /// Below this share of servers up, in percent, balance over all of them (0: off).
+    pub panic_threshold_percent: u32,
+    /// The circuit breaker.
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// A returning server's share ramps up over this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// One server of a group at run time.
@@ -84,7 +93,11 @@ pub struct ServerState {
     pub weight: u32,
     health: Mutex<HealthState>,
     up: AtomicBool,
+    ejected: AtomicBool,
     inflight: AtomicU32,
+    /// When its slow start began; `ramping` says, without the lock, whether there is one.
+    ramp_from: Mutex<Option<Instant>>,
+    ramping: AtomicBool,
 }
 
 impl ServerState {
@@ -98,10 +111,49 @@ impl ServerState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    fn update(&self, now: Instant, f: impl FnOnce(&mut HealthState) -> Option<Transition>) -> Option<Transition> {
+    /// Times it was ejected, as its next ejection's length counts them.
+    pub fn ejections(&self) -> u32 {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).ejections()
+    }
+
+    /// Whether outlier detection holds it out (as of its last change).
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Its share of traffic at `now` while a slow start of `window` ramps it, from 0.1 to 1; `None` when
+    /// it is not ramping.
+    pub fn ramp_share(&self, window: Duration, now: Instant) -> Option<f64> {
+        if !self.ramping.load(Ordering::Acquire) {
+            return None;
+        }
+        let from = (*self.ramp_from.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let elapsed = now.saturating_duration_since(from);
+        if elapsed >= window {
+            self.ramping.store(false, Ordering::Release);
+            return None;
+        }
+        Some(0.1 + 0.9 * elapsed.as_secs_f64() / window.as_secs_f64())
+    }
+
+    fn start_ramp(&self, now: Instant) {
+        *self.ramp_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        self.ramping.store(true, Ordering::Release);
+    }
+
+    fn update(
+        &self,
+        now: Instant,
+        slow_start: bool,
+        f: impl FnOnce(&mut HealthState) -> Option<Transition>,
+    ) -> Option<Transition> {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let transition = f(&mut health);
         self.up.store(health.is_up(now), Ordering::Release);
+        self.ejected.store(health.is_ejected(now), Ordering::Release);
+        if slow_start && transition == Some(Transition::Up) {
+            self.start_ramp(now);
+        }
         transition
     }
 }
@@ -112,31 +164,45 @@ pub struct Pool {
     spec: GroupSpec,
     servers: Vec<ServerState>,
     selector: Selector,
+    /// Requests admitted to the group and not finished.
+    requests: AtomicU32,
+    /// Of those, the ones that are on a retry.
+    retrying: AtomicU32,
 }
 
 impl Pool {
-    /// Builds a pool; servers also present in `previous` keep their health state.
-    pub fn new(spec: GroupSpec, previous: Option<&Pool>) -> Pool {
+    /// Builds a pool; servers also present in `previous` keep their health state (and their slow start).
+    /// `reload` is the time of the reload that builds it (`None` at start-up): servers it adds start slow when
+    /// the group has `slow_start_secs`.
+    pub fn new(spec: GroupSpec, previous: Option<&Pool>, reload: Option<Instant>) -> Pool {
         let servers = spec
             .servers
             .iter()
             .map(|(addr, weight)| {
-                let health = previous
-                    .and_then(|p| p.servers.iter().find(|s| s.addr == *addr))
-                    .map(|s| s.health.lock().unwrap_or_else(|e| e.into_inner()).clone())
-                    .unwrap_or_default();
-                let up = previous.and_then(|p| p.servers.iter().find(|s| s.addr == *addr)).is_none_or(|s| s.is_up());
+                let old = previous.and_then(|p| p.servers.iter().find(|s| s.addr == *addr));
+                let health =
+                    old.map(|s| s.health.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+                let ramp_from = match old {
+                    Some(s) if s.ramping.load(Ordering::Acquire) => {
+                        *s.ramp_from.lock().unwrap_or_else(|e| e.into_inner())
+                    }
+                    Some(_) => None,
+                    None => reload.filter(|_| spec.slow_start.is_some()),
+                };
                 ServerState {
                     addr: addr.clone(),
                     weight: *weight,
+                    up: AtomicBool::new(old.is_none_or(|s| s.is_up())),
+                    ejected: AtomicBool::new(old.is_some_and(|s| s.is_ejected())),
                     health: Mutex::new(health),
-                    up: AtomicBool::new(up),
                     inflight: AtomicU32::new(0),
+                    ramping: AtomicBool::new(ramp_from.is_some()),
+                    ramp_from: Mutex::new(ramp_from),
                 }
             })
             .collect();
         let selector = Selector::new(spec.strategy, &spec.servers);
-        Pool { spec, servers, selector }
+        Pool { spec, servers, selector, requests: AtomicU32::new(0), retrying: AtomicU32::new(0) }
     }
 
     /// The group's settings.
@@ -159,18 +225,76 @@ impl Pool {
         self.servers.iter().map(ServerState::inflight).sum()
     }
 
-    /// Chooses a server that is up and not in `tried`; `None` when there is none.
-    pub fn select(&self, req: &RequestInfo<'_>, tried: &[usize], entropy: &dyn crate::clock::Entropy) -> Option<usize> {
+    /// Chooses a server that is up and not in `tried`; `None` when there is none. In panic (fewer servers up
+    /// than `panic_threshold_percent`) every server not tried may be chosen; a server in its slow start keeps
+    /// a choice with the probability of its share, else the choice passes to another server.
+    pub fn select(
+        &self,
+        req: &RequestInfo<'_>,
+        tried: &[usize],
+        entropy: &dyn crate::clock::Entropy,
+        now: Instant,
+    ) -> Option<usize> {
         let key = match self.spec.strategy {
             Strategy::Consistent => self.hash_input(req),
             _ => Cow::Borrowed(&[][..]),
         };
-        self.selector.select(&self.servers, &key, tried, entropy)
+        let panic = self.in_panic();
+        let pick = self.selector.select(&self.servers, &key, tried, panic, entropy)?;
+        // A consistent-hashing group keeps its affinity: slow start would move keys away and back.
+        if let Some(window) = self.spec.slow_start
+            && self.spec.strategy != Strategy::Consistent
+            && let Some(share) = self.servers[pick].ramp_share(window, now)
+            && (entropy.next_u64() % 1_000_000) as f64 >= share * 1_000_000.0
+        {
+            let mut others = tried.to_vec();
+            others.push(pick);
+            return self.selector.select(&self.servers, &key, &others, panic, entropy).or(Some(pick));
+        }
+        Some(pick)
     }
 
-    /// Whether a request that has made `attempts` connect attempts may try another server.
+    /// Whether fewer of the group's servers are up than `panic_threshold_percent` (then balancing ignores
+    /// health: the `locci_upstream_panic` gauge).
+    pub fn in_panic(&self) -> bool {
+        let threshold = self.spec.panic_threshold_percent as usize;
+        threshold > 0 && self.servers.iter().filter(|s| s.is_up()).count() * 100 < threshold * self.servers.len()
+    }
+
+    /// Whether a request that has made `attempts` connect attempts may try another server (`retries`).
     pub fn may_retry(&self, attempts: u32) -> bool {
         attempts <= self.spec.retries
+    }
+
+    /// Admits a request to the group, or refuses it when `circuit_breaker.max_requests` are in flight.
+    pub fn admit(self: &Arc<Self>) -> Result<Admission, Overflow> {
+        let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let admission = Admission { pool: Arc::clone(self) };
+        match self.spec.circuit_breaker.and_then(|c| c.max_requests) {
+            Some(max) if n > max => Err(Overflow::Requests),
+            _ => Ok(admission),
+        }
+    }
+
+    /// Requests admitted and not finished, and how many of them are on a retry.
+    pub fn admitted(&self) -> (u32, u32) {
+        (self.requests.load(Ordering::Acquire), self.retrying.load(Ordering::Acquire))
+    }
+
+    /// Lets one admitted request go on to retries, or says which limit refuses it: `circuit_breaker.max_retries`
+    /// or the budget (retries in flight <= max(min_concurrent, percent x first attempts in flight)).
+    pub fn begin_retry(self: &Arc<Self>) -> Result<RetrySlot, Overflow> {
+        let retrying = self.retrying.fetch_add(1, Ordering::AcqRel) + 1;
+        let slot = RetrySlot { pool: Arc::clone(self) };
+        if self.spec.circuit_breaker.and_then(|c| c.max_retries).is_some_and(|max| retrying > max) {
+            return Err(Overflow::Retries);
+        }
+        let budget = self.spec.retry.as_ref().and_then(|r| r.budget);
+        let first_attempts = self.requests.load(Ordering::Acquire).saturating_sub(retrying);
+        if budget.is_some_and(|b| retrying > b.allowed(first_attempts)) {
+            return Err(Overflow::Budget);
+        }
+        Ok(slot)
     }
 
     /// Counts a request in flight to server `idx` until the guard is dropped.
@@ -184,23 +308,28 @@ impl Pool {
     /// Records an active check of server `idx`.
     pub fn probe(&self, idx: usize, ok: bool, now: Instant) -> Option<Transition> {
         let thresholds = self.spec.active.as_ref()?.thresholds;
-        self.servers.get(idx)?.update(now, |h| h.probe(ok, thresholds, now))
+        let slow = self.spec.slow_start.is_some();
+        self.servers.get(idx)?.update(now, slow, |h| h.probe(ok, thresholds, now))
     }
 
-    /// Records a live outcome for server `idx` (ok = response below 500).
-    pub fn report(&self, idx: usize, ok: bool, now: Instant) -> Option<Transition> {
-        let passive = self.spec.passive;
-        passive?;
-        self.servers.get(idx)?.update(now, |h| h.live(ok, passive, now))
+    /// Records a live outcome for server `idx`; a `Down` answer is an ejection.
+    pub fn report(&self, idx: usize, outcome: Live, now: Instant) -> Option<Transition> {
+        let outlier = self.spec.outlier?;
+        // Read from the servers' flags, not their locks, so that two reports never wait on each other.
+        let ejected = self.servers.iter().enumerate().filter(|(i, s)| *i != idx && s.is_ejected()).count();
+        let may_eject = ejected < outlier.max_ejected(self.servers.len());
+        let slow = self.spec.slow_start.is_some();
+        self.servers.get(idx)?.update(now, slow, |h| h.live(outcome, Some(outlier), may_eject, now))
     }
 
-    /// Ends passive ejections whose cooldown is over; returns the servers that came back.
+    /// Ends ejections whose time is over; returns the servers that came back.
     pub fn tick(&self, now: Instant) -> Vec<(usize, Transition)> {
+        let slow = self.spec.slow_start.is_some();
         self.servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.is_up())
-            .filter_map(|(i, s)| s.update(now, |h| h.tick(now)).map(|t| (i, t)))
+            .filter(|(_, s)| s.is_ejected())
+            .filter_map(|(i, s)| s.update(now, slow, |h| h.tick(now)).map(|t| (i, t)))
             .collect()
     }
 
@@ -240,6 +369,30 @@ impl Drop for InFlight {
         if let Some(s) = self.pool.servers.get(self.idx) {
             s.inflight.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request admitted to its group; dropping it ends the count.
+#[derive(Debug)]
+pub struct Admission {
+    pool: Arc<Pool>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.pool.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request on its retries; dropping it ends the count.
+#[derive(Debug)]
+pub struct RetrySlot {
+    pool: Arc<Pool>,
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.pool.retrying.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -58,9 +58,16 @@ impl Selector {
         })
     }
 
-    /// A server that is up and not in `tried`, or `None`.
-    pub fn select(&self, servers: &[ServerState], key: &[u8], tried: &[usize], entropy: &dyn Entropy) -> Option<usize> {
-        let usable = |i: usize| servers.get(i).is_some_and(ServerState::is_up) && !tried.contains(&i);
+    /// A server that is up (any server, in `panic`) and not in `tried`, or `None`.
+    pub fn select(
+        &self,
+        servers: &[ServerState],
+        key: &[u8],
+        tried: &[usize],
+        panic: bool,
+        entropy: &dyn Entropy,
+    ) -> Option<usize> {
+        let usable = |i: usize| servers.get(i).is_some_and(|s| panic || s.is_up()) && !tried.contains(&i);
         let n = servers.len();
         if n == 0 {
             return None;
