@@ -164,3 +164,25 @@ async fn reload_without_a_file_is_refused_and_counted() {
     let (_, metrics) = call(&s, "GET", "/metrics", Some(KEY), None).await;
     assert!(metrics.contains(r#"locci_config_reloads_total{result="failure"} 1"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn an_upstream_added_by_the_api_takes_the_resilience_policies_and_their_checks() {
+    let s = shared();
+    let body = r#"{"name":"safe","servers":["127.0.0.1:3005","127.0.0.1:3006"],
+        "retry":{"attempts":2,"on":["gateway_error","timeout"],"budget":{"percent":20}},
+        "outlier":{"consecutive_gateway_failure":3,"max_ejection_percent":50},
+        "panic_threshold_percent":50,"circuit_breaker":{"max_requests":100},"slow_start_secs":30}"#;
+    assert_eq!(call(&s, "POST", "/api/v1/upstreams", Some(KEY), Some(body)).await.0, StatusCode::CREATED);
+    let rt = s.runtime();
+    let pool = rt.pools().iter().find(|p| p.name() == "safe").unwrap();
+    let spec = pool.spec();
+    assert_eq!(spec.retry.as_ref().map(|r| r.attempts), Some(2));
+    assert_eq!(spec.outlier.and_then(|o| o.consecutive_gateway_failure), Some(3));
+    assert_eq!((spec.panic_threshold_percent, spec.slow_start), (50, Some(std::time::Duration::from_secs(30))));
+    assert_eq!(spec.circuit_breaker.and_then(|c| c.max_requests), Some(100));
+    let bad = r#"{"name":"worse","servers":["127.0.0.1:3007"],"retries":2,"retry":{"on":["sometimes"]}}"#;
+    let (status, body) = call(&s, "POST", "/api/v1/upstreams", Some(KEY), Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("upstreams.worse.retries: not with retry"), "{body}");
+    assert!(body.contains("upstreams.worse.retry.on[0]"), "{body}");
+}
