@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Entropy;
 use crate::request::RequestInfo;
 use crate::respond::Failure;
-use crate::upstream::{Live, Overflow, Pool, RetryPolicy, RetryReason, RetrySlot, Transition};
+use crate::upstream::{Live, Overflow, Pool, RetryPolicy, RetryReason, Slot, Transition};
 
 /// What went wrong with one attempt, in the core's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +74,8 @@ impl UpstreamError {
 pub struct Resend<'a> {
     /// Its method.
     pub method: &'a str,
-    /// Its body is kept whole for sending again: none, or a known length within `retry.max_body_bytes` that
-    /// the HTTP layer still holds.
-    pub body_kept: bool,
+    /// The HTTP layer still holds all of the body it has read (its retry buffer did not overflow).
+    pub body_whole: bool,
     /// The route's timeout still has time left.
     pub time_left: bool,
 }
@@ -101,19 +100,52 @@ impl AfterFailure {
 }
 
 /// The attempts of one request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Attempts {
     tried: Vec<usize>,
     failed: u32,
     retried: u32,
     resent_stale: bool,
-    slot: Option<RetrySlot>,
+    /// Its body may be sent again under the group's retry policy ([`RetryPolicy::keeps`]).
+    body_kept: bool,
+    /// Its place in the group's circuit breaker, held until it ends.
+    admission: Option<Slot>,
+    slot: Option<Slot>,
+}
+
+impl Default for Attempts {
+    fn default() -> Attempts {
+        Attempts::new()
+    }
 }
 
 impl Attempts {
-    /// No attempt made yet.
+    /// No attempt made yet, for a request without a body.
     pub fn new() -> Attempts {
-        Attempts::default()
+        Attempts {
+            tried: Vec::new(),
+            failed: 0,
+            retried: 0,
+            resent_stale: false,
+            body_kept: true,
+            admission: None,
+            slot: None,
+        }
+    }
+
+    /// The attempts of `req` at `pool` and its first server: the server is chosen as every later one is (503
+    /// when none is up), then the circuit breaker admits the request (503 "upstream overloaded" when full).
+    pub fn start(
+        pool: &Arc<Pool>,
+        req: &RequestInfo<'_>,
+        entropy: &dyn Entropy,
+        now: Instant,
+    ) -> Result<(Attempts, usize), Failure> {
+        let mut attempts = Attempts::new();
+        let server = attempts.next(pool, req, entropy, now)?;
+        attempts.admission = pool.admit().map_err(Failure::Overloaded)?;
+        attempts.body_kept = pool.spec().retry.as_ref().is_some_and(|policy| policy.keeps(req.body()));
+        Ok((attempts, server))
     }
 
     /// Attempts that failed so far.
@@ -204,11 +236,15 @@ impl Attempts {
         }
     }
 
-    /// The read timeout of the next attempt: the policy's per-try timeout within what is left of the route's
-    /// `timeout` after `elapsed`.
-    pub fn read_timeout(&self, pool: &Pool, route_timeout: Duration, elapsed: Duration) -> Duration {
-        let per_try = pool.spec().retry.as_ref().and_then(|p| p.per_try_timeout).unwrap_or(route_timeout);
-        per_try.min(route_timeout.saturating_sub(elapsed))
+    /// The read timeout of the next attempt: without a policy the route's `timeout`, each attempt; under one,
+    /// its per-try timeout within what is left of the route's after `elapsed`, and `None` once that is spent
+    /// (the client is told 504).
+    pub fn read_timeout(&self, pool: &Pool, route_timeout: Duration, elapsed: Duration) -> Option<Duration> {
+        let Some(policy) = &pool.spec().retry else {
+            return Some(route_timeout);
+        };
+        let left = route_timeout.saturating_sub(elapsed);
+        Some(policy.per_try_timeout.unwrap_or(route_timeout).min(left)).filter(|t| !t.is_zero())
     }
 
     fn retry(
@@ -222,7 +258,7 @@ impl Attempts {
         let allowed = policy.on.has(reason)
             && self.retried < policy.attempts
             && resend.time_left
-            && (!reached || (policy.resends(resend.method) && resend.body_kept));
+            && (!reached || (policy.resends(resend.method) && self.body_kept && resend.body_whole));
         if !allowed {
             return AfterFailure::default();
         }

@@ -22,6 +22,28 @@ pub struct RequestInfo<'a> {
     pub headers: &'a dyn Headers,
 }
 
+/// What a request's head says of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body.
+    Empty,
+    /// A declared `Content-Length`.
+    Length(u64),
+    /// Chunked, or a length that is not a number (the edge refuses those first): known only as it streams.
+    Streaming,
+}
+
+impl RequestInfo<'_> {
+    /// What the head says of the body.
+    pub fn body(&self) -> Body {
+        match (self.headers.get("transfer-encoding"), self.headers.get("content-length")) {
+            (Some(_), _) => Body::Streaming,
+            (None, Some(length)) => length.trim().parse().map_or(Body::Streaming, Body::Length),
+            (None, None) => Body::Empty,
+        }
+    }
+}
+
 /// Headers as a list of name/value pairs (tests, benches, the simulator).
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderPairs<'a>(pub &'a [(&'a str, &'a str)]);

@@ -15,10 +15,10 @@ use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
 use crate::edge::{ClientError, ClientLimits};
 use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejection, RemoteLimit, Step, StoreReply};
-use crate::request::RequestInfo;
+use crate::request::{Body, RequestInfo};
 use crate::respond::Failure;
 use crate::route::{Route, RouteMatch, RouteTable};
-use crate::upstream::{Admission, Pool};
+use crate::upstream::Pool;
 
 /// Everything the proxy needs to serve requests under one config.
 #[derive(Debug)]
@@ -60,8 +60,8 @@ pub enum Plan<'a> {
         group: usize,
         /// The chosen server.
         server: usize,
-        /// The request's place in the group's circuit breaker, held until it ends.
-        admission: Admission,
+        /// The request's attempts, the first on `server` (they hold its place in the circuit breaker).
+        attempts: Attempts,
         /// Headers the middlewares add to the response.
         response_headers: Vec<(&'static str, String)>,
     },
@@ -222,19 +222,15 @@ impl Runtime {
         let Some(pool) = self.pools.get(route.group) else {
             return respond(Failure::Internal);
         };
-        let server = match Attempts::new().next(pool, req, entropy, now.mono) {
-            Ok(server) => server,
-            Err(failure) => return respond(failure),
-        };
-        match pool.admit() {
-            Ok(admission) => Plan::Forward {
+        match Attempts::start(pool, req, entropy, now.mono) {
+            Ok((attempts, server)) => Plan::Forward {
                 route,
                 group: route.group,
                 server,
-                admission,
+                attempts,
                 response_headers: outcome.response_headers,
             },
-            Err(overflow) => respond(Failure::Overloaded(overflow)),
+            Err(failure) => respond(failure),
         }
     }
 
@@ -265,11 +261,10 @@ impl Runtime {
 /// forwarded; a chunked body is counted as it streams, see [`Route::max_body_bytes`]) and an upgrade it does
 /// not allow.
 fn admit(route: &Route, req: &RequestInfo<'_>) -> Option<ClientError> {
-    if let (Some(limit), Some(length)) = (route.max_body_bytes, req.headers.get("content-length")) {
-        // The edge has already refused a length that is not a number.
-        if length.parse::<u64>().is_ok_and(|n| n > limit) {
-            return Some(ClientError::BodyTooLarge);
-        }
+    if let (Some(limit), Body::Length(n)) = (route.max_body_bytes, req.body())
+        && n > limit
+    {
+        return Some(ClientError::BodyTooLarge);
     }
     if !route.websocket && req.headers.get("upgrade").is_some() {
         return Some(ClientError::Malformed("upgrade not allowed on this route"));

@@ -14,7 +14,7 @@ use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
 use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
-use locci_core::upstream::{Admission, InFlight, Live, Pool, RetryReason, Transition};
+use locci_core::upstream::{InFlight, Live, Pool, RetryReason, Transition};
 use locci_core::{Plan, Runtime};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -78,11 +78,10 @@ impl Gateway {
                 ctx.rejection = rejection;
                 Some(reply)
             }
-            Plan::Forward { route, group, server, admission, response_headers } => {
+            Plan::Forward { route, group, server, attempts, response_headers } => {
                 ctx.route = Some(Arc::clone(&route.name));
                 ctx.group = Some(group);
-                ctx.admission = Some(admission);
-                ctx.body_kept = body_kept(&headers, runtime.pools().get(group).map(|p| p.as_ref()));
+                ctx.attempts = attempts;
                 ctx.body_limit = route.max_body_bytes;
                 ctx.read_timeout = runtime.read_timeout(route);
                 ctx.route_timeout = ctx.read_timeout;
@@ -112,7 +111,7 @@ impl Gateway {
         let route_timeout = ctx.route_timeout;
         Resend {
             method: session.req_header().method.as_str(),
-            body_kept: ctx.body_kept && !session.as_ref().retry_buffer_truncated(),
+            body_whole: !session.as_ref().retry_buffer_truncated(),
             time_left: self.elapsed(ctx) < route_timeout,
         }
     }
@@ -123,7 +122,8 @@ impl Gateway {
         let metrics = &self.shared.metrics;
         if let Some(t) = after.transition {
             log_transition(pool, idx, t, cause);
-            if t == Transition::Down && pool.spec().outlier.is_some() {
+            // Live outcomes take a server down only through outlier detection: every Down here is an ejection.
+            if t == Transition::Down {
                 metrics.ejection(pool.name(), pool.servers().get(idx).map_or("?", |s| s.addr.text.as_str()));
             }
         }
@@ -189,11 +189,8 @@ pub struct RequestCtx {
     body_seen: u64,
     /// The upstream answered 101: the connection is a tunnel now (counted in a gauge until it ends).
     upgraded: bool,
+    /// Its attempts, from the plan on (they hold its place in the group's circuit breaker).
     attempts: Attempts,
-    /// The request's place in its group's circuit breaker.
-    admission: Option<Admission>,
-    /// Its body can be sent again: none, or a declared length within the retry policy's `max_body_bytes`.
-    body_kept: bool,
     /// The upstream's answer is being retried (decided in `upstream_response_filter`).
     retrying_answer: Option<RetryReason>,
     in_flight: Option<InFlight>,
@@ -231,8 +228,6 @@ impl ProxyHttp for Gateway {
             body_seen: 0,
             upgraded: false,
             attempts: Attempts::new(),
-            admission: None,
-            body_kept: false,
             retrying_answer: None,
             in_flight: None,
             last_server: None,
@@ -323,16 +318,11 @@ impl ProxyHttp for Gateway {
             peer.options.connection_timeout = Some(connect);
             // Custom L4 connectors (the simulator's) ignore connection_timeout; the total one always applies.
             peer.options.total_connection_timeout = Some(connect);
-            // Under a retry policy each attempt has its per-try timeout, within what is left of the route's.
-            let read_timeout = match spec.retry {
-                Some(_) => ctx.attempts.read_timeout(&pool, ctx.read_timeout, self.elapsed(ctx)),
-                None => ctx.read_timeout,
-            };
-            if read_timeout.is_zero() {
+            let Some(read_timeout) = ctx.attempts.read_timeout(&pool, ctx.read_timeout, self.elapsed(ctx)) else {
                 ctx.in_flight = None;
                 ctx.failure = Some(UpstreamError::Timeout.failure());
                 return Err(Error::explain(ErrorType::ReadTimedout, "the route's timeout is spent"));
-            }
+            };
             peer.options.read_timeout = Some(read_timeout);
             peer.options.write_timeout = Some(read_timeout);
             peer.options.idle_timeout = self.shared.env.transport.idle_timeout(runtime.idle_timeout());
@@ -400,13 +390,11 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(pool), Some(in_flight)) = (ctx.pool().cloned(), ctx.in_flight.as_ref()) else {
+        // Only a group with a retry policy retries answers; the others pay nothing here.
+        let (Some(pool), Some(in_flight)) = (ctx.pool().filter(|p| p.spec().retry.is_some()), &ctx.in_flight) else {
             return Ok(());
         };
-        if pool.spec().retry.is_none() {
-            return Ok(());
-        }
-        let idx = in_flight.server();
+        let (pool, idx) = (Arc::clone(pool), in_flight.server());
         let status = upstream.status.as_u16();
         let resend = self.resend(session, ctx);
         let after = ctx.attempts.answered(&pool, idx, status, resend, self.shared.env.clock.now());
@@ -619,17 +607,4 @@ async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> 
         session.write_response_body(Some(Bytes::from(body)), true).await?;
     }
     Ok(())
-}
-
-/// Whether a request's body can be sent again under its group's retry policy: no body, or a declared length
-/// within `max_body_bytes` (a chunked body of unknown length is never resent).
-fn body_kept(headers: &HeaderView<'_>, pool: Option<&Pool>) -> bool {
-    let Some(policy) = pool.and_then(|p| p.spec().retry.as_ref()) else {
-        return false;
-    };
-    match (headers.get("content-length"), headers.get("transfer-encoding")) {
-        (_, Some(_)) => false,
-        (Some(length), None) => length.trim().parse::<u64>().is_ok_and(|n| n <= policy.max_body_bytes),
-        (None, None) => true,
-    }
 }

@@ -26,8 +26,8 @@ fn req<'a>(headers: &'a HeaderPairs<'a>) -> RequestInfo<'a> {
     RequestInfo { method: "GET", path: "/", query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers }
 }
 
-const GET: Resend<'static> = Resend { method: "GET", body_kept: true, time_left: true };
-const POST: Resend<'static> = Resend { method: "POST", body_kept: true, time_left: true };
+const GET: Resend<'static> = Resend { method: "GET", body_whole: true, time_left: true };
+const POST: Resend<'static> = Resend { method: "POST", body_whole: true, time_left: true };
 
 fn now() -> Instant {
     ManualClock::default().now()
@@ -151,7 +151,7 @@ fn a_policy_retries_what_it_names_for_the_methods_it_lists() {
     let mut a = Attempts::new();
     assert!(!a.answered(pool, 0, 503, POST, now).retries(), "a POST that reached a server is never resent");
     assert!(!a.fail(pool, 0, UpstreamError::Timeout, POST, now).retries());
-    let kept = Resend { body_kept: false, ..GET };
+    let kept = Resend { body_whole: false, ..GET };
     assert!(!a.fail(pool, 0, UpstreamError::Timeout, kept, now).retries(), "a body not kept is not resent");
     let late = Resend { time_left: false, ..GET };
     assert!(!a.fail(pool, 0, UpstreamError::Timeout, late, now).retries(), "the route's timeout bounds it all");
@@ -249,8 +249,32 @@ fn backoff_waits_only_before_retries_of_a_policy_and_per_try_timeouts_fit_the_ro
     let waits: Vec<Duration> = (0..50).map(|_| a.backoff(pool, &e)).collect();
     assert!(waits.iter().all(|w| *w <= Duration::from_millis(100)) && waits.iter().any(|w| !w.is_zero()));
     let secs = Duration::from_secs;
-    assert_eq!(a.read_timeout(pool, secs(30), secs(0)), secs(2));
-    assert_eq!(a.read_timeout(pool, secs(30), secs(29)), secs(1), "the route's timeout bounds every attempt");
+    assert_eq!(a.read_timeout(pool, secs(30), secs(0)), Some(secs(2)));
+    assert_eq!(a.read_timeout(pool, secs(30), secs(29)), Some(secs(1)), "the route's timeout bounds every attempt");
+    assert_eq!(a.read_timeout(pool, secs(30), secs(30)), None, "spent: 504");
     let plain = runtime(1, "");
-    assert_eq!(Attempts::new().read_timeout(&plain.pools()[0], secs(30), secs(0)), secs(30));
+    assert_eq!(Attempts::new().read_timeout(&plain.pools()[0], secs(30), secs(29)), Some(secs(30)), "no policy");
+}
+
+#[test]
+fn the_plan_hands_over_attempts_that_know_whether_the_body_can_go_again() {
+    let rt = group(", retry: { attempts: 1, on: [timeout], max_body_bytes: 100 }");
+    let pool = &rt.pools()[0];
+    let (e, now) = (SeededEntropy::new(1), now());
+    let resent = |headers: &[(&str, &str)]| {
+        let h = HeaderPairs(headers);
+        let (mut a, server) = Attempts::start(pool, &req(&h), &e, now).unwrap();
+        a.fail(pool, server, UpstreamError::Timeout, GET, now).retries()
+    };
+    assert!(resent(&[]), "no body");
+    assert!(resent(&[("content-length", "100")]), "a declared length within max_body_bytes");
+    assert!(!resent(&[("content-length", "101")]), "too large to keep");
+    assert!(!resent(&[("transfer-encoding", "chunked")]), "unknown length");
+    let limited = group(", circuit_breaker: { max_requests: 1 }");
+    let pool = &limited.pools()[0];
+    let h = HeaderPairs(&[]);
+    let held = Attempts::start(pool, &req(&h), &e, now).unwrap();
+    assert_eq!(Attempts::start(pool, &req(&h), &e, now).err(), Some(Failure::Overloaded(Overflow::Requests)));
+    drop(held);
+    assert!(Attempts::start(pool, &req(&h), &e, now).is_ok(), "its attempts held the place until dropped");
 }

@@ -10,7 +10,6 @@ pub use address::ServerAddr;
 pub use health::{HealthState, Live, Outlier, Thresholds, Transition, ejection_time};
 pub use policy::{Backoff, Budget, CircuitBreaker, Overflow, RetryOn, RetryPolicy, RetryReason};
 pub use pool::{
-    ActiveCheck, Admission, GroupSpec, HashKey, InFlight, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Pool, RetrySlot,
-    ServerState,
+    ActiveCheck, GroupSpec, HashKey, InFlight, MAX_RETRIES, MAX_SERVERS, MAX_WEIGHT, Pool, ServerState, Slot,
 };
 pub use select::Selector;

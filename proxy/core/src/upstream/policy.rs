@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::clock::Entropy;
 use crate::method::MethodSet;
+use crate::request::Body;
 
 /// Why an attempt is retried (the `reason` label of `locci_upstream_retries_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,16 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether a request body is kept for sending again: none, or a declared length within `max_body_bytes`
+    /// (a streaming body of unknown length never is).
+    pub fn keeps(&self, body: Body) -> bool {
+        match body {
+            Body::Empty => true,
+            Body::Length(n) => n <= self.max_body_bytes,
+            Body::Streaming => false,
+        }
+    }
+
     /// Whether a request with `method` may be sent again once it may have reached a server.
     pub fn resends(&self, method: &str) -> bool {
         self.methods != MethodSet::ANY && self.methods.accepts(method)
@@ -234,5 +245,8 @@ mod tests {
         assert_eq!(p.status_reason(500), Some(RetryReason::Status5xx));
         assert_eq!(p.status_reason(409), None);
         assert!(p.resends("GET") && !p.resends("POST"));
+        p.max_body_bytes = 10;
+        assert!(p.keeps(Body::Empty) && p.keeps(Body::Length(10)));
+        assert!(!p.keeps(Body::Length(11)) && !p.keeps(Body::Streaming), "too large, or of unknown length");
     }
 }

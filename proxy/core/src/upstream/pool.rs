@@ -266,13 +266,24 @@ impl Pool {
         attempts <= self.spec.retries
     }
 
-    /// Admits a request to the group, or refuses it when `circuit_breaker.max_requests` are in flight.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, Overflow> {
-        let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
-        let admission = Admission { pool: Arc::clone(self) };
-        match self.spec.circuit_breaker.and_then(|c| c.max_requests) {
+    /// Admits a request to the group, or refuses it when `circuit_breaker.max_requests` are in flight. Only
+    /// a group whose `max_requests` or retry budget reads the count keeps it (`None`: nothing to hold).
+    pub fn admit(self: &Arc<Self>) -> Result<Option<Slot>, Overflow> {
+        let max = self.spec.circuit_breaker.and_then(|c| c.max_requests);
+        if max.is_none() && self.spec.retry.as_ref().is_none_or(|r| r.budget.is_none()) {
+            return Ok(None);
+        }
+        let (slot, n) = Slot::take(self, Count::Requests);
+        match max {
             Some(max) if n > max => Err(Overflow::Requests),
-            _ => Ok(admission),
+            _ => Ok(Some(slot)),
+        }
+    }
+
+    fn counter(&self, count: Count) -> &AtomicU32 {
+        match count {
+            Count::Requests => &self.requests,
+            Count::Retries => &self.retrying,
         }
     }
 
@@ -283,9 +294,8 @@ impl Pool {
 
     /// Lets one admitted request go on to retries, or says which limit refuses it: `circuit_breaker.max_retries`
     /// or the budget (retries in flight <= max(min_concurrent, percent x first attempts in flight)).
-    pub fn begin_retry(self: &Arc<Self>) -> Result<RetrySlot, Overflow> {
-        let retrying = self.retrying.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = RetrySlot { pool: Arc::clone(self) };
+    pub fn begin_retry(self: &Arc<Self>) -> Result<Slot, Overflow> {
+        let (slot, retrying) = Slot::take(self, Count::Retries);
         if self.spec.circuit_breaker.and_then(|c| c.max_retries).is_some_and(|max| retrying > max) {
             return Err(Overflow::Retries);
         }
@@ -315,9 +325,11 @@ impl Pool {
     /// Records a live outcome for server `idx`; a `Down` answer is an ejection.
     pub fn report(&self, idx: usize, outcome: Live, now: Instant) -> Option<Transition> {
         let outlier = self.spec.outlier?;
-        // Read from the servers' flags, not their locks, so that two reports never wait on each other.
-        let ejected = self.servers.iter().enumerate().filter(|(i, s)| *i != idx && s.is_ejected()).count();
-        let may_eject = ejected < outlier.max_ejected(self.servers.len());
+        // Only a failure can eject. The others are read from their flags, not their locks, so that two reports
+        // never wait on each other.
+        let may_eject = outcome != Live::Success
+            && self.servers.iter().enumerate().filter(|(i, s)| *i != idx && s.is_ejected()).count()
+                < outlier.max_ejected(self.servers.len());
         let slow = self.spec.slow_start.is_some();
         self.servers.get(idx)?.update(now, slow, |h| h.live(outcome, Some(outlier), may_eject, now))
     }
@@ -372,27 +384,33 @@ impl Drop for InFlight {
     }
 }
 
-/// A request admitted to its group; dropping it ends the count.
-#[derive(Debug)]
-pub struct Admission {
-    pool: Arc<Pool>,
+/// Which in-flight count of a group a [`Slot`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    /// Requests admitted ([`Pool::admit`]).
+    Requests,
+    /// Requests on their retries ([`Pool::begin_retry`]).
+    Retries,
 }
 
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.pool.requests.fetch_sub(1, Ordering::AcqRel);
+/// A request counted in one of its group's in-flight counts; dropping it ends the count.
+#[derive(Debug)]
+pub struct Slot {
+    pool: Arc<Pool>,
+    count: Count,
+}
+
+impl Slot {
+    /// Counts one more; returns the slot and the count with it.
+    fn take(pool: &Arc<Pool>, count: Count) -> (Slot, u32) {
+        let n = pool.counter(count).fetch_add(1, Ordering::AcqRel) + 1;
+        (Slot { pool: Arc::clone(pool), count }, n)
     }
 }
 
-/// A request on its retries; dropping it ends the count.
-#[derive(Debug)]
-pub struct RetrySlot {
-    pool: Arc<Pool>,
-}
-
-impl Drop for RetrySlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.pool.retrying.fetch_sub(1, Ordering::AcqRel);
+        self.pool.counter(self.count).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
