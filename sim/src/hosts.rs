@@ -1,7 +1,7 @@
 //! The simulated hosts: upstream HTTP servers with programmable behaviour, the proxy (the real
 //! `build_proxy()` over simulated sockets, time and randomness), and the client that plays the load.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::net::{SimProber, SimSock, SimTransport};
+use crate::scenario::Capacity;
 use crate::trace::{Event, Trace, now_us, us};
 
 /// The port the proxy listens on inside the simulation.
@@ -40,16 +41,52 @@ pub struct Behaviour {
 /// A behaviour shared between the driver and the host (one thread: Rc + RefCell).
 pub type Live<T> = Rc<RefCell<T>>;
 
+/// A host's capacity in force: service slots, and the requests waiting for one.
+struct Gate {
+    slots: tokio::sync::Semaphore,
+    waiting: Cell<usize>,
+    queue: usize,
+}
+
+impl Gate {
+    fn new(capacity: Option<Capacity>) -> Option<Gate> {
+        capacity.map(|c| Gate {
+            slots: tokio::sync::Semaphore::new(c.concurrent),
+            waiting: Cell::new(0),
+            queue: c.queue,
+        })
+    }
+
+    /// A service slot, after a wait in the queue; `None`: slots and queue are full (the request is shed).
+    async fn enter(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if self.slots.available_permits() == 0 && self.waiting.get() >= self.queue {
+            return None;
+        }
+        self.waiting.set(self.waiting.get() + 1);
+        let permit = self.slots.acquire().await.ok();
+        self.waiting.set(self.waiting.get() - 1);
+        permit
+    }
+}
+
 /// One upstream host: a minimal HTTP/1.1 server (one request per connection) that records what it
-/// receives, answers `/health`, and follows its behaviour.
-pub async fn upstream(name: String, port: u16, behaviour: Live<Behaviour>, trace: Trace, seed: u64) -> turmoil::Result {
+/// receives and answers, answers `/health`, follows its behaviour, and serves at most its capacity at once.
+pub async fn upstream(
+    name: String,
+    port: u16,
+    (behaviour, capacity): (Live<Behaviour>, Option<Capacity>),
+    trace: Trace,
+    seed: u64,
+) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
     let rng = Rc::new(RefCell::new(ChaCha8Rng::seed_from_u64(seed)));
+    let gate = Rc::new(Gate::new(capacity));
     loop {
         let (stream, _) = listener.accept().await?;
-        let (name, behaviour, trace, rng) = (name.clone(), Rc::clone(&behaviour), trace.clone(), Rc::clone(&rng));
+        let (name, behaviour, trace, rng, gate) =
+            (name.clone(), Rc::clone(&behaviour), trace.clone(), Rc::clone(&rng), Rc::clone(&gate));
         tokio::task::spawn_local(async move {
-            let _ = serve_one(stream, &name, &behaviour, &trace, &rng).await;
+            let _ = serve_one(stream, &name, (&behaviour, gate.as_ref().as_ref()), &trace, &rng).await;
         });
     }
 }
@@ -57,7 +94,7 @@ pub async fn upstream(name: String, port: u16, behaviour: Live<Behaviour>, trace
 async fn serve_one(
     mut stream: TcpStream,
     name: &str,
-    behaviour: &Live<Behaviour>,
+    (behaviour, gate): (&Live<Behaviour>, Option<&Gate>),
     trace: &Trace,
     rng: &RefCell<ChaCha8Rng>,
 ) -> std::io::Result<()> {
@@ -79,20 +116,35 @@ async fn serve_one(
     if b.hang {
         std::future::pending::<()>().await;
     }
-    if !health {
+    // Health checks pass the gate: the model is a server whose check is cheap and whose work is not.
+    let mut status = if health && b.status < 500 { 200 } else { b.status };
+    let (mut _slot, mut shed) = (None, false);
+    if let Some(gate) = gate.filter(|_| !health) {
+        match gate.enter().await {
+            Some(permit) => _slot = Some(permit),
+            None => (status, shed) = (503, true),
+        }
+    }
+    if !health && !shed {
         let (lo, hi) = b.latency;
         let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
         tokio::time::sleep(wait).await;
     }
-    let status = if health && b.status < 500 { 200 } else { b.status };
     let body = format!("{{\"server\":\"{name}\"}}");
     let response = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.flush().await?;
-    Ok(())
+    let written = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.flush().await
+    }
+    .await;
+    if !health {
+        // Answered (or the connection broke while answering): the request no longer holds the server.
+        trace.push(Event::Served { t_us: now_us(), host: name.to_string(), id: id.unwrap_or(u64::MAX), status });
+    }
+    written
 }
 
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {

@@ -114,6 +114,18 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             Invariant::AtMostOnce(_) => at_most_once(events, &reqs),
             Invariant::UpstreamPaths(_) => upstream_paths(events, &reqs),
             Invariant::Statuses(st) => statuses(&reqs, (us(st.from), st.to.map_or(load_end, us)), &st.allowed),
+            Invariant::UpstreamInFlight(b) => {
+                let hosts = if s.hosts().contains(&b.target) { vec![b.target.clone()] } else { s.group_of(&b.target) };
+                upstream_in_flight(events, &hosts, b.max)
+            }
+            Invariant::RetryBudget(b) => {
+                // A request's answer reaches the client at most a link latency and a tick after the proxy
+                // let go of it.
+                let settle = us(s.sim.link_latency.max + s.sim.tick);
+                retry_budget(events, &reqs, (b.percent, b.min_concurrent), (us(b.lag), settle))
+            }
+            Invariant::Amplification(a) => amplification(events, &reqs, (us(a.from), a.to.map_or(load_end, us)), a.max),
+            Invariant::SlowStart(st) => slow_start(events, &s.group_of(&st.target), st),
         })
         .collect()
 }
@@ -443,5 +455,155 @@ fn max_transitions(events: &[Event], target: &str, max: usize) -> Verdict {
         changes.len() <= max,
         format!("{target} changed state {} time(s), at most {max}", changes.len()),
         changes.get(max).copied(),
+    )
+}
+
+fn upstream_in_flight(events: &[Event], hosts: &[String], max: usize) -> Verdict {
+    let (mut held, mut peak, mut first) = (0usize, 0usize, None);
+    for e in events {
+        match e {
+            Event::Received { t_us, host, .. } if hosts.contains(host) => {
+                held += 1;
+                peak = peak.max(held);
+                if held > max {
+                    first.get_or_insert(*t_us);
+                }
+            }
+            Event::Served { host, .. } if hosts.contains(host) => held = held.saturating_sub(1),
+            _ => {}
+        }
+    }
+    verdict(
+        "upstream_in_flight",
+        peak <= max,
+        format!("{} held at most {peak} request(s) at once, bound {max}", hosts.join("+")),
+        first,
+    )
+}
+
+/// The budget judged from outside: when request x reaches a server for the second time at r, the requests
+/// surely still on a retry (second delivery by r, answered more than `settle` after it) number R; the proxy
+/// held at least R retry slots when it last admitted one of them (at some b in [r_latest - lag, r]), and the
+/// first attempts then were at most the requests the client had open, C, so R <= max(min, percent x max C
+/// over that window). Loose only in the safe direction: it can miss an overdraft, never invent one.
+fn retry_budget(
+    events: &[Event],
+    reqs: &BTreeMap<u64, Request>,
+    (percent, min): (u32, u32),
+    (lag, settle): (u64, u64),
+) -> Verdict {
+    let mut deliveries: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut retries: Vec<(u64, u64)> = Vec::new();
+    for e in events {
+        if let Event::Received { t_us, id, .. } = e {
+            let n = deliveries.entry(*id).or_insert(0);
+            *n += 1;
+            if *n == 2 {
+                retries.push((*t_us, *id));
+            }
+        }
+    }
+    let mut starts: Vec<u64> = reqs.values().map(|r| r.t_us).collect();
+    let mut ends: Vec<u64> = reqs.values().map(|r| r.done_us).collect();
+    starts.sort_unstable();
+    ends.sort_unstable();
+    let open_at = |t: u64| starts.partition_point(|s| *s <= t) - ends.partition_point(|e| *e <= t).min(starts.len());
+    // The most requests open at any time in [from, to]: the count only rises at a start.
+    let most_open = |from: u64, to: u64| {
+        let (a, b) = (starts.partition_point(|s| *s < from), starts.partition_point(|s| *s <= to));
+        starts[a..b].iter().map(|t| open_at(*t)).max().unwrap_or(0).max(open_at(from))
+    };
+    // (second delivery, answered) of each request still on a retry; the most of them at once, with its allowance.
+    let mut on_retry: Vec<(u64, u64)> = Vec::new();
+    let (mut worst, mut first) = ((0usize, 0u64), None);
+    for (r, id) in &retries {
+        let done = reqs.get(id).map_or(u64::MAX, |q| q.done_us);
+        on_retry.push((*r, done));
+        on_retry.retain(|(_, d)| *d > r.saturating_add(settle));
+        let Some(latest) = on_retry.iter().map(|(at, _)| *at).max() else { continue };
+        let open = most_open(latest.saturating_sub(lag), *r) as u64;
+        let allowed = (open * u64::from(percent) / 100).max(u64::from(min));
+        if on_retry.len() as u64 > allowed {
+            first.get_or_insert(*r);
+        }
+        if on_retry.len() > worst.0 {
+            worst = (on_retry.len(), allowed);
+        }
+    }
+    verdict(
+        "retry_budget",
+        first.is_none(),
+        format!(
+            "{} request(s) retried; at most {} on a retry at once (allowed then {})",
+            retries.len(),
+            worst.0,
+            worst.1
+        ),
+        first,
+    )
+}
+
+fn amplification(events: &[Event], reqs: &BTreeMap<u64, Request>, (from, to): (u64, u64), max: f64) -> Verdict {
+    let issued = reqs.values().filter(|r| r.t_us >= from && r.t_us < to).count();
+    let delivered = events
+        .iter()
+        .filter(
+            |e| matches!(e, Event::Received { id, .. } if reqs.get(id).is_some_and(|r| r.t_us >= from && r.t_us < to)),
+        )
+        .count();
+    let ratio = if issued == 0 { 0.0 } else { delivered as f64 / issued as f64 };
+    verdict(
+        "amplification",
+        issued > 0 && ratio <= max,
+        format!(
+            "{delivered} deliveries upstream for {issued} request(s) in [{}, {}): {ratio:.3} each, at most {max}",
+            fmt_us(from),
+            fmt_us(to)
+        ),
+        Some(from),
+    )
+}
+
+/// Second by second from the proxy marking the target up, its share of the group's deliveries lies between
+/// the ramp's share spread evenly (random) and the ramp's weight against the others' (round robin, whose
+/// passed-over turn goes to the next server): share(t) = 0.1 + 0.9 x t / window. The second after the
+/// window it has its full share again.
+fn slow_start(events: &[Event], group: &[String], st: &crate::scenario::SlowStart) -> Verdict {
+    let Some(t0) = events.iter().find_map(|e| match e {
+        Event::Health { t_us, host, up: true } if *host == st.target && *t_us >= us(st.after) => Some(*t_us),
+        _ => None,
+    }) else {
+        return verdict("slow_start", false, format!("{} was never marked up", st.target), Some(us(st.after)));
+    };
+    let n = group.len().max(1) as f64;
+    let window = us(st.window);
+    let ramp = |t: u64| if t >= window { 1.0 } else { 0.1 + 0.9 * t as f64 / window as f64 };
+    let (mut shares, mut first) = (Vec::new(), None);
+    let mut a = 0;
+    while a <= window {
+        let b = if a < window { (a + 1_000_000).min(window) } else { a + 1_000_000 };
+        let (mut all, mut mine) = (0u64, 0u64);
+        for e in events {
+            if let Event::Received { t_us, host, .. } = e
+                && (t0 + a..t0 + b).contains(t_us)
+                && group.contains(host)
+            {
+                all += 1;
+                mine += u64::from(*host == st.target);
+            }
+        }
+        let share = if all == 0 { -1.0 } else { mine as f64 / all as f64 };
+        let (lo, hi) = (ramp(a) / n - st.slack, ramp(b) / (n - 1.0 + ramp(b)) + st.slack);
+        if !(lo..=hi).contains(&share) {
+            first.get_or_insert(t0 + a);
+        }
+        shares.push(format!("{share:.2}"));
+        a = b;
+    }
+    verdict(
+        "slow_start",
+        first.is_none(),
+        format!("{} marked up at {}; share each second: {}", st.target, fmt_us(t0), shares.join(" ")),
+        first,
     )
 }

@@ -31,6 +31,8 @@ pub enum Event {
     Failed { t_us: u64, id: u64, kind: String, latency_us: u64 },
     /// Upstream host `host` received request `id` at `path`.
     Received { t_us: u64, host: String, id: u64, path: String },
+    /// Upstream host `host` finished with request `id`: it answered `status` (503 at once when shed).
+    Served { t_us: u64, host: String, id: u64, status: u16 },
     /// The proxy changed a server's state.
     Health { t_us: u64, host: String, up: bool },
     /// A fault was applied.
@@ -50,6 +52,7 @@ impl Event {
             | Event::Answered { t_us, .. }
             | Event::Failed { t_us, .. }
             | Event::Received { t_us, .. }
+            | Event::Served { t_us, .. }
             | Event::Health { t_us, .. }
             | Event::Fault { t_us, .. }
             | Event::Reload { t_us, .. }

@@ -252,7 +252,10 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
             let live = Rc::new(RefCell::new(normal.clone()));
             let (name, port, b, t) = (host.clone(), u.port, Rc::clone(&live), trace.clone());
             let host_seed = seed ^ fnv(&host);
-            sim.host(host.as_str(), move || hosts::upstream(name.clone(), port, Rc::clone(&b), t.clone(), host_seed));
+            let capacity = u.capacity;
+            sim.host(host.as_str(), move || {
+                hosts::upstream(name.clone(), port, (Rc::clone(&b), capacity), t.clone(), host_seed)
+            });
             names.insert(format!("{}:{}", sim.lookup(host.as_str()), u.port), host.clone());
             behaviours.insert(host, (live, normal));
         }

@@ -107,6 +107,21 @@ pub struct UpstreamSpec {
     /// Service time per request.
     #[serde(default = "default_latency")]
     pub latency: LatencyRange,
+    /// How much each host serves at once (absent: no limit).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+/// A host's capacity: `concurrent` requests in service, `queue` more waiting in arrival order; a request
+/// beyond both is answered 503 at once, as an overloaded server sheds load. Health checks are not counted.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Requests served at once.
+    pub concurrent: usize,
+    /// Requests waiting for service.
+    #[serde(default)]
+    pub queue: usize,
 }
 
 fn one() -> usize {
@@ -548,6 +563,67 @@ pub enum Invariant {
     UpstreamPaths(bool),
     /// Every answer to a request issued in `[from, to)` has one of `allowed`.
     Statuses(Statuses),
+    /// The requests a server (or every host of a group) holds, received and not yet answered, never exceed `max`.
+    UpstreamInFlight(InFlightBound),
+    /// When a request reaches a server for the second time, the requests on a retry stay within the budget.
+    RetryBudget(RetryBudget),
+    /// Deliveries upstream per request issued in `[from, to)` stay at most `max`.
+    Amplification(Amplification),
+    /// A server back from down gets a share that ramps over `window`, as `slow_start_secs` says.
+    SlowStart(SlowStart),
+}
+
+/// `upstream_in_flight`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InFlightBound {
+    /// A host, or an upstream's name for all its hosts.
+    pub target: String,
+    /// Most requests held at once.
+    pub max: usize,
+}
+
+/// `retry_budget`: the budget of SPEC §9 (retries in flight <= max(min_concurrent, percent x first attempts)).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// The budget's percent.
+    pub percent: u32,
+    /// The budget's floor.
+    pub min_concurrent: u32,
+    /// Longest time from the proxy deciding a retry to the server receiving it (backoff, connect, send).
+    #[serde(deserialize_with = "duration")]
+    pub lag: Duration,
+}
+
+/// `amplification`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amplification {
+    /// Most deliveries per request.
+    pub max: f64,
+    /// Window start.
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// Window end (default: the end of the load).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
+}
+
+/// `slow_start`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStart {
+    /// The returning host.
+    pub target: String,
+    /// Its ramp is the first time the proxy marks it up after this.
+    #[serde(deserialize_with = "duration")]
+    pub after: Duration,
+    /// The group's `slow_start_secs`.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Allowance for the draw's noise in each second's share.
+    pub slack: f64,
 }
 
 /// `statuses`.
@@ -746,6 +822,14 @@ impl Scenario {
         self.upstreams.iter().flat_map(UpstreamSpec::hosts).collect()
     }
 
+    /// The hosts `target` names: itself, or every host of the upstream of that name; with the group's hosts.
+    pub fn group_of(&self, target: &str) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == target || u.hosts().iter().any(|h| h == target))
+            .map_or_else(Vec::new, UpstreamSpec::hosts)
+    }
+
     fn check(&self) -> Vec<String> {
         let mut p = Vec::new();
         let hosts: BTreeSet<String> = self.hosts().into_iter().collect();
@@ -771,8 +855,29 @@ impl Scenario {
             if u.latency.min > u.latency.max {
                 p.push(format!("upstreams[{i}].latency: min is above max"));
             }
+            if u.capacity.is_some_and(|c| c.concurrent == 0) {
+                p.push(format!("upstreams[{i}].capacity.concurrent: must be at least 1"));
+            }
         }
         p.extend(self.load.check(MAX_SIM_RATE));
+        let groups: BTreeSet<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        for (i, inv) in self.invariants.iter().enumerate() {
+            let target = match inv {
+                Invariant::UpstreamInFlight(b) if !hosts.contains(&b.target) && !groups.contains(b.target.as_str()) => {
+                    Some(&b.target)
+                }
+                Invariant::SlowStart(s) if !hosts.contains(&s.target) => Some(&s.target),
+                _ => None,
+            };
+            if let Some(t) = target {
+                p.push(format!("invariants[{i}]: unknown host {t:?}"));
+            }
+            if let Invariant::SlowStart(s) = inv
+                && (s.window.is_zero() || !(0.0..1.0).contains(&s.slack))
+            {
+                p.push(format!("invariants[{i}].slow_start: window must be above 0 and slack in [0, 1)"));
+            }
+        }
         for (i, e) in self.timeline.iter().enumerate() {
             let target = match &e.fault {
                 Fault::Kill(t) | Fault::Restart(t) => Some(t),
