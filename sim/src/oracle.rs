@@ -126,6 +126,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             }
             Invariant::Amplification(a) => amplification(events, &reqs, (us(a.from), a.to.map_or(load_end, us)), a.max),
             Invariant::SlowStart(st) => slow_start(events, &s.group_of(&st.target), st),
+            Invariant::MetricsMatch(_) => metrics_match(events),
         })
         .collect()
 }
@@ -605,5 +606,58 @@ fn slow_start(events: &[Event], group: &[String], st: &crate::scenario::SlowStar
         first.is_none(),
         format!("{} marked up at {}; share each second: {}", st.target, fmt_us(t0), shares.join(" ")),
         first,
+    )
+}
+
+/// The [`Event::Counted`] of a Prometheus text exposition of the proxy's metrics.
+pub fn counted(text: &str, t_us: u64) -> Event {
+    let (mut statuses, mut retries, mut rejected) = (BTreeMap::new(), 0, 0);
+    for line in text.lines() {
+        let value = || line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        if line.starts_with("locci_requests_total{") {
+            let status = line.split("status=\"").nth(1).and_then(|r| r.split('"').next()?.parse::<u16>().ok());
+            if let Some(status) = status {
+                *statuses.entry(status).or_insert(0) += value();
+            }
+        } else if line.starts_with("locci_upstream_retries_total{") {
+            retries += value();
+        } else if line.starts_with("locci_client_rejected_total{") {
+            rejected += value();
+        }
+    }
+    Event::Counted { t_us, statuses, retries, rejected }
+}
+
+/// What the proxy counted against what the trace shows: every answer a client got, by status, in
+/// `locci_requests_total`; every attacker connection the proxy cut off in `locci_client_rejected_total`; and
+/// at least one retry per second (or later) delivery of a request. Retries that never reached a server (a
+/// connect that failed) are the difference the last count allows.
+fn metrics_match(events: &[Event]) -> Verdict {
+    let Some((t, counted, retries, rejected)) = events.iter().rev().find_map(|e| match e {
+        Event::Counted { t_us, statuses, retries, rejected } => Some((*t_us, statuses, *retries, *rejected)),
+        _ => None,
+    }) else {
+        return verdict("metrics_match", false, "no metrics were read at the end of the run".into(), Some(0));
+    };
+    let (mut answered, mut cut_off) = (BTreeMap::<u16, u64>::new(), 0u64);
+    let mut deliveries: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in events {
+        match e {
+            Event::Answered { status, .. } => *answered.entry(*status).or_insert(0) += 1,
+            Event::Attacker { cut_off: true, .. } => cut_off += 1,
+            Event::Received { id, .. } => *deliveries.entry(*id).or_insert(0) += 1,
+            _ => {}
+        }
+    }
+    let again: u64 = deliveries.values().map(|n| n - 1).sum();
+    let ok = answered == *counted && cut_off == rejected && retries >= again;
+    verdict(
+        "metrics_match",
+        ok,
+        format!(
+            "answers by status: trace {answered:?}, metrics {counted:?}; attackers cut off {cut_off}, rejected \
+             {rejected}; retries counted {retries}, second deliveries {again}"
+        ),
+        Some(t),
     )
 }

@@ -33,6 +33,10 @@ pub enum Event {
     Received { t_us: u64, host: String, id: u64, path: String },
     /// Upstream host `host` finished with request `id`: it answered `status` (503 at once when shed).
     Served { t_us: u64, host: String, id: u64, status: u16 },
+    /// At the end of the run, what the proxy's own metrics counted: answers by status
+    /// (`locci_requests_total`), retries (`locci_upstream_retries_total`) and clients refused at the edge
+    /// (`locci_client_rejected_total`).
+    Counted { t_us: u64, statuses: std::collections::BTreeMap<u16, u64>, retries: u64, rejected: u64 },
     /// The proxy changed a server's state.
     Health { t_us: u64, host: String, up: bool },
     /// A fault was applied.
@@ -53,6 +57,7 @@ impl Event {
             | Event::Failed { t_us, .. }
             | Event::Received { t_us, .. }
             | Event::Served { t_us, .. }
+            | Event::Counted { t_us, .. }
             | Event::Health { t_us, .. }
             | Event::Fault { t_us, .. }
             | Event::Reload { t_us, .. }

@@ -344,6 +344,10 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
         }
         sim.step().map_err(|e| anyhow::anyhow!("simulation failed at {}: {e}", humantime::format_duration(now)))?;
     }
+    if let Some(shared) = shared_slot.borrow().as_ref() {
+        let text = shared.metrics.render(&shared.runtime(), shared.connections());
+        trace.push(crate::oracle::counted(&text, us(sim.elapsed())));
+    }
     Ok(Run {
         events: trace.events(),
         hosts: s.hosts(),

@@ -170,6 +170,9 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
     }
     let mut events = events.lock().unwrap().clone();
     events.sort_by_key(Event::t_us);
+    // What the proxy counted, read from its own /metrics as the simulator reads its registry.
+    let text = client().get(proxy.control_url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    events.push(oracle::counted(&text, us(t0.elapsed())));
     oracle::check(&scenario, &events, t0.elapsed(), false)
 }
 

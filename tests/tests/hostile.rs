@@ -97,10 +97,11 @@ fn a_partial_request_line_then_silence_gets_408_and_a_silent_connection_is_close
     stream.write_all(b"GET /slo").unwrap();
     let (status, body, closed) = read_all(stream);
     assert_eq!((status, closed), (408, true), "{body}");
-    // A connection that never sends a byte is closed at the same deadline, without an answer.
+    // A connection that never sends a byte is closed at the same deadline, without an answer, and counted.
     let (status, body, closed) = read_all(connect(proxy.addr));
     assert_eq!((status, body.as_str(), closed), (0, "", true));
     assert_eq!(polite(proxy.addr), 200);
+    assert_eq!(rejected(&proxy, "header_timeout"), 2.0, "the 408 and the silent connection");
 }
 
 #[test]
@@ -119,6 +120,33 @@ fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     // ...then, idle, it is closed (read returns 0) long before this read's own 10 s timeout.
     assert_eq!(stream.read(&mut buf).unwrap(), 0);
     assert_eq!(b[0].requests(), 2);
+}
+
+#[test]
+fn a_client_still_writing_a_huge_head_gets_its_431_not_a_reset() {
+    // The proxy refuses after reading past max_header_bytes while the client is still sending; closing then
+    // with unread bytes would reset the connection and lose the 431 (the proxy lingers, reading, instead).
+    let b = backends(1);
+    let proxy = Proxy::start(&config(&b, "{ max_header_bytes: 4096 }"));
+    for round in 0..10 {
+        let stream = connect(proxy.addr);
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n");
+            let line = format!("X-Pad: {}\r\n", "x".repeat(1000));
+            // About 300 KB, most of it after the proxy has refused; a write refused after a close is fine.
+            for _ in 0..300 {
+                if writer.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        sender.join().unwrap();
+        // Read only once everything was sent: a reset by then would have discarded the answer.
+        let (status, body, _) = read_all(stream);
+        assert_eq!(status, 431, "round {round}: {body:?}");
+    }
+    assert_eq!(polite(proxy.addr), 200);
 }
 
 #[test]

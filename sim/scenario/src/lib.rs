@@ -571,6 +571,9 @@ pub enum Invariant {
     Amplification(Amplification),
     /// A server back from down gets a share that ramps over `window`, as `slow_start_secs` says.
     SlowStart(SlowStart),
+    /// The proxy's own counters agree with the trace: answers by status exactly, retries at least the
+    /// second deliveries.
+    MetricsMatch(bool),
 }
 
 /// `upstream_in_flight`.
