@@ -95,7 +95,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
     invariants
         .iter()
         .map(|inv| match inv {
-            Invariant::NoTrafficToDown(g) => no_traffic_to_down(events, us(g.grace)),
+            Invariant::NoTrafficToDown(g) => no_traffic_to_down(events, &reqs, us(g.grace)),
             Invariant::Detection(d) => detection(events, &d.target, us(d.at), (us(d.not_before), us(d.within))),
             Invariant::Availability(a) => {
                 let window = (us(a.from), a.to.map_or(load_end, us));
@@ -159,13 +159,18 @@ pub fn down_intervals(events: &[Event]) -> BTreeMap<String, Vec<(u64, u64)>> {
     out
 }
 
-fn no_traffic_to_down(events: &[Event], grace: u64) -> Verdict {
+/// A request issued before the server was marked down may have been sent to it before, and a black hole can
+/// hold it for longer than any grace: only requests the clients issued after the mark count against it.
+fn no_traffic_to_down(events: &[Event], reqs: &BTreeMap<u64, Request>, grace: u64) -> Verdict {
     let down = down_intervals(events);
     let mut violations = 0;
     let mut first = None;
     for e in events {
-        if let Event::Received { t_us, host, .. } = e
-            && down.get(host).is_some_and(|iv| iv.iter().any(|(from, until)| *t_us > from + grace && t_us < until))
+        if let Event::Received { t_us, host, id, .. } = e
+            && let issued = reqs.get(id).map_or(0, |r| r.t_us)
+            && down.get(host).is_some_and(|iv| {
+                iv.iter().any(|(from, until)| *t_us > from + grace && t_us < until && issued >= *from)
+            })
         {
             violations += 1;
             first.get_or_insert(*t_us);

@@ -69,13 +69,15 @@ pub struct Expanded {
     pub knobs: Vec<String>,
     /// Client attacks (kept after swarm selection).
     pub attacks: Vec<hosts::AttackPlan>,
+    /// The factor swarm mode drew for the load's rates (1 otherwise).
+    pub rate_scale: f64,
 }
 
 /// Expands the timeline; with `swarm`, keeps each event with the scenario's probability and scales
 /// durations, all drawn from `seed`.
 pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5741_524d);
-    let mut out = Expanded::default();
+    let mut out = Expanded { rate_scale: 1.0, ..Expanded::default() };
     for (i, e) in s.timeline.iter().enumerate() {
         let (keep, scale) = if swarm {
             let keep = rng.random_bool(s.swarm.p_enable.clamp(0.0, 1.0));
@@ -92,6 +94,15 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
         if !keep {
             continue;
         }
+        // Drawn only when the scenario asks, after the older draws: scenarios without it keep their traces.
+        let intensity = match s.swarm.intensity_scale.filter(|_| swarm) {
+            Some(r) => {
+                let f = rng.random_range(r.min..=r.max);
+                out.knobs.push(format!("timeline[{i}] intensity x{f:.2}"));
+                f
+            }
+            None => 1.0,
+        };
         let d = |x: Duration| x.mul_f64(scale);
         let at = e.at;
         let mut add = |t: Duration, a: Action| out.actions.push((t, a));
@@ -99,7 +110,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             Fault::Kill(h) => add(at, Action::Crash(h.clone())),
             Fault::Restart(h) => add(at, Action::Bounce(h.clone())),
             Fault::Slow(x) => {
-                add(at, Action::Latency(x.target.clone(), Some(x.latency)));
+                add(at, Action::Latency(x.target.clone(), Some(x.latency.mul_f64(intensity))));
                 add(at + d(x.duration), Action::Latency(x.target.clone(), None));
             }
             Fault::Errors(x) => {
@@ -128,7 +139,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                 header: x.key_header.clone(),
                 key: x.key.clone(),
                 path: x.path.clone(),
-                rate: x.rate,
+                rate: x.rate * intensity,
                 from: at,
                 to: at + d(x.duration),
                 expect: x.expect.clone(),
@@ -141,6 +152,10 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                 interval: x.interval,
             }),
         }
+    }
+    if swarm && let Some(r) = s.swarm.rate_scale {
+        out.rate_scale = rng.random_range(r.min..=r.max);
+        out.knobs.push(format!("load rate x{:.2}", out.rate_scale));
     }
     if swarm && let Some(heal) = s.swarm.heal_at {
         out.actions.push((heal, Action::HealAll));
@@ -168,7 +183,12 @@ fn name(f: &Fault) -> &'static str {
 
 /// The requests the client will send, in time order, drawn from `seed`.
 pub fn plan(s: &Scenario, expanded: &Expanded, seed: u64) -> Vec<Planned> {
-    let mut out: Vec<Planned> = locci_scenario::plan::arrivals(&s.load, s.sim.duration, seed)
+    let mut load = s.load.clone();
+    load.rate *= expanded.rate_scale;
+    for stage in &mut load.stages {
+        stage.rate *= expanded.rate_scale;
+    }
+    let mut out: Vec<Planned> = locci_scenario::plan::arrivals(&load, s.sim.duration, seed)
         .into_iter()
         .map(|slot| {
             let spec = &s.load.requests[slot.class];

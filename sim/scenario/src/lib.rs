@@ -516,6 +516,22 @@ pub struct SwarmSpec {
     /// How long convergence may take after healing.
     #[serde(deserialize_with = "duration")]
     pub converge_within: Duration,
+    /// The load's rates are scaled by one factor drawn from this range (absent: as written).
+    #[serde(default)]
+    pub rate_scale: Option<Range>,
+    /// Each `slow` latency and `storm` rate is scaled by a factor drawn from this range (absent: as written).
+    #[serde(default)]
+    pub intensity_scale: Option<Range>,
+}
+
+/// A range of factors a swarm run draws from.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
 }
 
 impl Default for SwarmSpec {
@@ -526,6 +542,8 @@ impl Default for SwarmSpec {
             max_scale: 2.0,
             heal_at: None,
             converge_within: Duration::from_secs(5),
+            rate_scale: None,
+            intensity_scale: None,
         }
     }
 }
@@ -863,6 +881,19 @@ impl Scenario {
             }
         }
         p.extend(self.load.check(MAX_SIM_RATE));
+        for (field, range) in [("rate_scale", self.swarm.rate_scale), ("intensity_scale", self.swarm.intensity_scale)] {
+            if let Some(r) = range
+                && !(r.min > 0.0 && r.min <= r.max && r.max <= 10.0)
+            {
+                p.push(format!("swarm.{field}: needs 0 < min <= max <= 10"));
+            }
+        }
+        if let Some(r) = self.swarm.rate_scale {
+            let top = self.load.stages.iter().map(|s| s.rate).fold(self.load.rate, f64::max) * r.max;
+            if top > MAX_SIM_RATE {
+                p.push(format!("swarm.rate_scale: the load's highest rate x max is above {MAX_SIM_RATE} per second"));
+            }
+        }
         let groups: BTreeSet<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
         for (i, inv) in self.invariants.iter().enumerate() {
             let target = match inv {
