@@ -346,18 +346,31 @@ async fn exchange(req: &Planned) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
 }
 
+/// What an attacker connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackKind {
+    /// Trickles a head, one line per interval.
+    Slowloris,
+    /// Sends nothing.
+    Flood,
+    /// Sends a whole request, then closes after `interval`.
+    Abort,
+}
+
 /// One client attack, as the timeline planned it.
 #[derive(Debug, Clone)]
 pub struct AttackPlan {
-    /// Slowloris (trickle a head) or flood (send nothing).
-    pub slowloris: bool,
-    /// Connections opened at `from`.
+    /// What each connection does.
+    pub kind: AttackKind,
+    /// The path an aborting client asks for.
+    pub path: String,
+    /// Connections opened at `from` (an abort opens them one by one over `from..to`).
     pub connections: usize,
     /// When the attack starts.
     pub from: Duration,
     /// When the attacker gives up on the connections still open.
     pub to: Duration,
-    /// Time between two header lines (slowloris).
+    /// Time between two header lines (slowloris), or from sending to closing (abort).
     pub interval: Duration,
 }
 
@@ -367,7 +380,11 @@ pub async fn attacker(attacks: Vec<AttackPlan>, trace: Trace) -> turmoil::Result
     let mut tasks = tokio::task::JoinSet::new();
     for attack in attacks {
         tokio::time::sleep_until(start + attack.from).await;
-        for _ in 0..attack.connections {
+        let spacing = (attack.to.saturating_sub(attack.from)) / attack.connections.max(1) as u32;
+        for i in 0..attack.connections {
+            if attack.kind == AttackKind::Abort {
+                tokio::time::sleep_until(start + attack.from + spacing * i as u32).await;
+            }
             let (attack, trace) = (attack.clone(), trace.clone());
             tasks.spawn_local(async move { attack_one(&attack, start + attack.to, &trace).await });
         }
@@ -378,23 +395,35 @@ pub async fn attacker(attacks: Vec<AttackPlan>, trace: Trace) -> turmoil::Result
 
 async fn attack_one(attack: &AttackPlan, until: tokio::time::Instant, trace: &Trace) {
     let opened = tokio::time::Instant::now();
-    let kind = if attack.slowloris { "slowloris" } else { "flood" };
+    let kind = match attack.kind {
+        AttackKind::Slowloris => "slowloris",
+        AttackKind::Flood => "flood",
+        AttackKind::Abort => "abort",
+    };
     let Ok(mut stream) = TcpStream::connect(("proxy", PROXY_PORT)).await else {
         // Refused at once (max_connections): that is a cut-off too.
         trace.push(Event::Attacker { t_us: now_us(), kind: kind.into(), lasted_us: 0, cut_off: true, status: None });
         return;
     };
-    if attack.slowloris {
+    if attack.kind == AttackKind::Abort {
+        let head = format!("GET {} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n", attack.path);
+        let _ = stream.write_all(head.as_bytes()).await;
+        tokio::time::sleep(attack.interval).await;
+        // Gone before the answer: nothing was cut off by the proxy.
+        drop(stream);
+        let lasted_us = us(opened.elapsed());
+        trace.push(Event::Attacker { t_us: now_us(), kind: kind.into(), lasted_us, cut_off: false, status: None });
+        return;
+    }
+    let slowloris = attack.kind == AttackKind::Slowloris;
+    if slowloris {
         let _ = stream.write_all(b"GET /slow HTTP/1.1\r\nHost: proxy\r\n").await;
     }
     let mut buf = vec![0u8; 1024];
     let mut line = 0u64;
     let ended = loop {
-        let wait = if attack.slowloris {
-            attack.interval
-        } else {
-            until.saturating_duration_since(tokio::time::Instant::now())
-        };
+        let wait =
+            if slowloris { attack.interval } else { until.saturating_duration_since(tokio::time::Instant::now()) };
         match tokio::time::timeout(wait, stream.read(&mut buf)).await {
             Ok(Ok(n)) => {
                 break Some(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.split(' ').nth(1)?.parse().ok()));

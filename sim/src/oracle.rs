@@ -126,7 +126,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             }
             Invariant::Amplification(a) => amplification(events, &reqs, (us(a.from), a.to.map_or(load_end, us)), a.max),
             Invariant::SlowStart(st) => slow_start(events, &s.group_of(&st.target), st),
-            Invariant::MetricsMatch(_) => metrics_match(events),
+            Invariant::MetricsMatch(_) => metrics_match(events, &reqs),
         })
         .collect()
 }
@@ -362,7 +362,10 @@ fn attackers_cut_off(events: &[Event], within_us: u64) -> Verdict {
     let mut late = None;
     let mut longest = 0;
     for e in events {
-        if let Event::Attacker { t_us, lasted_us, cut_off, .. } = e {
+        // A client that aborts goes away by itself; there is nothing for the proxy to cut off.
+        if let Event::Attacker { t_us, lasted_us, cut_off, kind, .. } = e
+            && kind != "abort"
+        {
             count += 1;
             longest = longest.max(*lasted_us);
             if (!cut_off || *lasted_us > within_us) && late.is_none() {
@@ -501,7 +504,9 @@ fn retry_budget(
     let mut deliveries: BTreeMap<u64, u32> = BTreeMap::new();
     let mut retries: Vec<(u64, u64)> = Vec::new();
     for e in events {
-        if let Event::Received { t_us, id, .. } = e {
+        if let Event::Received { t_us, id, .. } = e
+            && reqs.contains_key(id)
+        {
             let n = deliveries.entry(*id).or_insert(0);
             *n += 1;
             if *n == 2 {
@@ -637,7 +642,7 @@ pub fn counted(text: &str, t_us: u64) -> Event {
 /// `locci_requests_total`; every attacker connection the proxy cut off in `locci_client_rejected_total`; and
 /// at least one retry per second (or later) delivery of a request. Retries that never reached a server (a
 /// connect that failed) are the difference the last count allows.
-fn metrics_match(events: &[Event]) -> Verdict {
+fn metrics_match(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
     let Some((t, counted, retries, rejected)) = events.iter().rev().find_map(|e| match e {
         Event::Counted { t_us, statuses, retries, rejected } => Some((*t_us, statuses, *retries, *rejected)),
         _ => None,
@@ -650,7 +655,8 @@ fn metrics_match(events: &[Event]) -> Verdict {
         match e {
             Event::Answered { status, .. } => *answered.entry(*status).or_insert(0) += 1,
             Event::Attacker { cut_off: true, .. } => cut_off += 1,
-            Event::Received { id, .. } => *deliveries.entry(*id).or_insert(0) += 1,
+            // Only the clients' requests carry an id (an aborting attacker's do not).
+            Event::Received { id, .. } if reqs.contains_key(id) => *deliveries.entry(*id).or_insert(0) += 1,
             _ => {}
         }
     }

@@ -144,8 +144,21 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                 to: at + d(x.duration),
                 expect: x.expect.clone(),
             }),
+            Fault::Abort(x) => out.attacks.push(hosts::AttackPlan {
+                kind: hosts::AttackKind::Abort,
+                path: x.path.clone(),
+                connections: (x.rate * d(x.duration).as_secs_f64()).round().max(1.0) as usize,
+                from: at,
+                to: at + d(x.duration),
+                interval: x.after,
+            }),
             Fault::Slowloris(x) | Fault::Flood(x) => out.attacks.push(hosts::AttackPlan {
-                slowloris: matches!(e.fault, Fault::Slowloris(_)),
+                kind: if matches!(e.fault, Fault::Slowloris(_)) {
+                    hosts::AttackKind::Slowloris
+                } else {
+                    hosts::AttackKind::Flood
+                },
+                path: "/slow".into(),
                 connections: x.connections,
                 from: at,
                 to: at + d(x.duration),
@@ -178,6 +191,7 @@ fn name(f: &Fault) -> &'static str {
         Fault::Storm(_) => "storm",
         Fault::Slowloris(_) => "slowloris",
         Fault::Flood(_) => "flood",
+        Fault::Abort(_) => "abort",
     }
 }
 

@@ -123,6 +123,26 @@ fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 }
 
 #[test]
+fn a_client_that_goes_away_before_its_answer_is_not_counted_as_refused() {
+    // nginx logs such a request as 499; it is neither a bad request nor the server's failure.
+    let b = backends(1);
+    b[0].delay_ms(300);
+    let proxy = Proxy::start(&config(&b, "{}"));
+    let mut stream = connect(proxy.addr);
+    stream.write_all(b"GET /slow-one HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    drop(stream);
+    let errors = |kind: &str| {
+        let text = client().get(proxy.control_url("/metrics")).send().unwrap().text().unwrap();
+        metric(&parse_metrics(&text), "locci_errors_total", &[("error_type", kind)])
+    };
+    assert!(wait_until(Duration::from_secs(5), || errors("client_closed") >= 1.0), "the abandoned request is counted");
+    assert_eq!(rejected(&proxy, "bad_request"), 0.0);
+    assert_eq!(errors("bad_request"), 0.0);
+    b[0].delay_ms(0);
+    assert_eq!(polite(proxy.addr), 200);
+}
+
+#[test]
 fn a_client_still_writing_a_huge_head_gets_its_431_not_a_reset() {
     // The proxy refuses after reading past max_header_bytes while the client is still sending; closing then
     // with unread bytes would reset the connection and lose the 431 (the proxy lingers, reading, instead).

@@ -29,6 +29,9 @@ pub enum Failure {
     Preflight(Vec<(&'static str, String)>),
     /// The group's circuit breaker is full: 503 at once, nothing sent upstream.
     Overloaded(crate::upstream::Overflow),
+    /// The client went away before its answer: nothing is written (nginx logs such a request as 499). Not a
+    /// refusal of the client and not the server's doing.
+    ClientGone,
 }
 
 /// A response the proxy makes itself.
@@ -68,6 +71,7 @@ impl Failure {
             }
             Failure::CorsRejected => (403, "cors preflight rejected"),
             Failure::Overloaded(_) => (503, "upstream overloaded"),
+            Failure::ClientGone => (499, "client closed request"),
             Failure::Preflight(headers) => return Reply { status: 204, error: None, headers: headers.clone() },
         };
         Reply { status, error: Some(error), headers: Vec::new() }
@@ -94,6 +98,7 @@ impl Failure {
             Failure::CorsRejected => "cors_rejected",
             Failure::Preflight(_) => "preflight",
             Failure::Overloaded(_) => "upstream_overloaded",
+            Failure::ClientGone => "client_closed",
         }
     }
 }
@@ -129,10 +134,18 @@ mod tests {
             (Failure::CorsRejected, 403),
             (Failure::Preflight(Vec::new()), 204),
             (Failure::Overloaded(crate::upstream::Overflow::Requests), 503),
+            // Never written (the client is gone); the status is the one nginx logs for it.
+            (Failure::ClientGone, 499),
         ];
         for (failure, status) in cases {
             assert_eq!(failure.reply().status, status, "{failure:?}");
         }
+    }
+
+    #[test]
+    fn a_client_that_went_away_has_its_own_kind() {
+        assert_eq!(Failure::ClientGone.kind(), "client_closed");
+        assert!(Failure::ClientGone.is_error());
     }
 
     #[test]

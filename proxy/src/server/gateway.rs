@@ -490,10 +490,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let failure = ctx.failure.clone().unwrap_or_else(|| translate(e));
-        // The client is gone: nothing useful can be written back.
+        // The client is gone: nothing useful can be written back, and it refused nothing.
         let client_gone = e.esource() == &ErrorSource::Downstream
             && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        let failure =
+            ctx.failure.clone().unwrap_or_else(|| if client_gone { Failure::ClientGone } else { translate(e) });
         let error_code = if client_gone {
             0
         } else {

@@ -353,6 +353,25 @@ pub enum Fault {
     Slowloris(Attack),
     /// Attacker connections opened at once that send nothing and hold their slot.
     Flood(Attack),
+    /// Clients that send a whole request and go away before the answer, at a rate.
+    Abort(Abort),
+}
+
+/// `abort`: from the attacker host, beside the ordinary load.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Abort {
+    /// Path requested.
+    #[serde(default = "root")]
+    pub path: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// How long after sending the client closes.
+    #[serde(deserialize_with = "duration")]
+    pub after: Duration,
 }
 
 /// `slowloris` and `flood`: connections from a separate attacker host, beside the ordinary load.
@@ -924,6 +943,12 @@ impl Scenario {
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {
                         p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));
+                    }
+                    None
+                }
+                Fault::Abort(a) => {
+                    if !(a.rate > 0.0 && a.rate <= 2000.0) {
+                        p.push(format!("timeline[{i}].abort.rate: must be above 0 and at most 2000 per second"));
                     }
                     None
                 }
