@@ -57,7 +57,10 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
         std::thread::spawn(move || {
             let http = client();
             let mut last: BTreeMap<String, bool> = BTreeMap::new();
+            // When the last poll that saw each server down was sent.
+            let mut down_seen: BTreeMap<String, u64> = BTreeMap::new();
             while !done.load(Ordering::Relaxed) {
+                let sent = us(t0.elapsed());
                 if let Ok(resp) = http.get(&url).send() {
                     let groups: serde_json::Value = resp.json().unwrap_or_default();
                     for s in groups
@@ -72,8 +75,16 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                             None => !up,
                             Some(prev) => prev != up,
                         };
+                        // Stamped so the recorded down interval is one the proxy surely spent down: from the
+                        // answer of the first poll that saw it down to the sending of the last one, since a
+                        // poll's state is read somewhere between the two (under load, far apart).
                         if changed {
-                            events.lock().unwrap().push(Event::Health { t_us: us(t0.elapsed()), host, up });
+                            let t_us =
+                                if up { down_seen.get(&host).copied().unwrap_or(sent) } else { us(t0.elapsed()) };
+                            events.lock().unwrap().push(Event::Health { t_us, host: host.clone(), up });
+                        }
+                        if !up {
+                            down_seen.insert(host, sent);
                         }
                     }
                 }
