@@ -252,7 +252,8 @@ fn connections_over_max_connections_are_closed_at_accept_and_counted() {
     let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!(read_all(extra).0, 0, "a connection over the limit was served");
     // Counted before the close, but read from another listener: give the scrape a moment.
-    assert!(wait_until(WAIT, || rejected(&proxy, "max_connections") == 1.0), "the refusal was not counted once");
+    let once = wait_until(WAIT, || rejected(&proxy, "max_connections") == 1.0);
+    assert!(once, "the refusal was counted {} time(s), not once", rejected(&proxy, "max_connections"));
     assert_eq!(open(), 3.0, "the refused connection is not counted");
     drop(held);
     assert!(wait_until(WAIT, || polite(proxy.addr) == 200), "slots were not given back");
