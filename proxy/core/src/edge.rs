@@ -29,6 +29,9 @@ pub enum ClientError {
     Connect,
     /// Over `max_connections`: closed at accept, no answer.
     MaxConnections,
+    /// A new connection sent nothing within `header_timeout_secs`: closed without an answer (as nginx does),
+    /// counted as `header_timeout` so a flood of idle connections shows.
+    Silent,
 }
 
 impl ClientError {
@@ -39,7 +42,7 @@ impl ClientError {
     /// The `reason` label.
     pub fn reason(self) -> &'static str {
         match self {
-            ClientError::HeaderTimeout => "header_timeout",
+            ClientError::HeaderTimeout | ClientError::Silent => "header_timeout",
             ClientError::BodyTimeout => "body_timeout",
             ClientError::HeaderTooLarge => "header_too_large",
             ClientError::BodyTooLarge => "body_too_large",
@@ -57,7 +60,7 @@ impl ClientError {
             ClientError::BodyTooLarge => Some((413, "request body too large")),
             ClientError::Malformed(text) => Some((400, text)),
             ClientError::Connect => Some((405, "CONNECT is not proxied")),
-            ClientError::MaxConnections => None,
+            ClientError::MaxConnections | ClientError::Silent => None,
         }
     }
 }
@@ -238,6 +241,11 @@ mod tests {
         assert_eq!(reasons, ClientError::REASONS);
         let codes: Vec<_> = statuses.iter().map(|(_, s)| *s).collect();
         assert_eq!(codes, [Some(408), Some(408), Some(431), Some(413), Some(400), None]);
+    }
+
+    #[test]
+    fn a_silent_connection_is_closed_unanswered_and_counted_as_a_header_timeout() {
+        assert_eq!((ClientError::Silent.reason(), ClientError::Silent.status()), ("header_timeout", None));
     }
 
     #[test]

@@ -87,13 +87,8 @@ impl ServerApp for Edge {
                 _ = shutdown_signalled(shutdown) => return None,
             };
             let prefix = match prefix {
-                Ok(Head::Read(prefix)) => prefix,
-                Ok(Head::Closed) => return None,
-                // Nothing to answer, but a flood of connections that never send a byte is visible in the count.
-                Ok(Head::Silent) => {
-                    self.shared.client_rejected(ClientError::HeaderTimeout);
-                    return None;
-                }
+                Ok(Some(prefix)) => prefix,
+                Ok(None) => return None,
                 Err(error) => {
                     self.refuse(&mut stream, error).await;
                     return None;
@@ -142,25 +137,16 @@ async fn linger(stream: &mut Stream) {
     }
 }
 
-/// How the wait for a request head ended, short of a refusal.
-enum Head {
-    /// A whole head (and whatever came after it).
-    Read(BytesMut),
-    /// The client closed, or a kept-alive connection stayed idle: nothing to count.
-    Closed,
-    /// A new connection sent nothing before the header deadline: closed without an answer, counted.
-    Silent,
-}
-
-/// Reads one request head (and whatever follows it in the same reads), or says why there is none.
-async fn read_head(stream: &mut Stream, limits: &ClientLimits, idle: bool) -> Result<Head, ClientError> {
+/// Reads one request head (and whatever follows it in the same reads). `Ok(None)`: the client closed or
+/// stayed idle past the keep-alive timeout before sending a byte, and the connection just closes.
+async fn read_head(stream: &mut Stream, limits: &ClientLimits, idle: bool) -> Result<Option<BytesMut>, ClientError> {
     let mut buf = BytesMut::with_capacity(4096);
     if idle {
         // Between requests the wait for a first byte is the keep-alive timeout; the header deadline starts
         // with that byte.
         match timeout(limits.keepalive_timeout, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Ok(Head::Closed),
+            _ => return Ok(None),
         }
     }
     let deadline = Instant::now() + limits.header_timeout;
@@ -171,7 +157,7 @@ async fn read_head(stream: &mut Stream, limits: &ClientLimits, idle: bool) -> Re
                 return Err(ClientError::HeaderTooLarge);
             }
             match judge(&buf[..end]) {
-                Verdict::Complete => return Ok(Head::Read(buf)),
+                Verdict::Complete => return Ok(Some(buf)),
                 Verdict::Partial => continue,
                 Verdict::Refused(error) => return Err(error),
             }
@@ -181,9 +167,9 @@ async fn read_head(stream: &mut Stream, limits: &ClientLimits, idle: bool) -> Re
         }
         buf.reserve(4096.min(limits.max_header_bytes + 1 - buf.len()).max(1));
         match timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) if buf.is_empty() => return Ok(Head::Silent),
+            Err(_) if buf.is_empty() => return Err(ClientError::Silent),
             Err(_) => return Err(ClientError::HeaderTimeout),
-            Ok(Ok(0) | Err(_)) => return Ok(Head::Closed),
+            Ok(Ok(0) | Err(_)) => return Ok(None),
             Ok(Ok(_)) => {}
         }
     }
