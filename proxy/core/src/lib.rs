@@ -10,6 +10,7 @@ pub mod attempt;
 pub mod clock;
 pub mod config;
 pub mod edge;
+pub mod explain;
 pub mod forwarding;
 pub mod method;
 pub mod middleware;

@@ -234,8 +234,13 @@ impl Runtime {
         }
     }
 
+    /// The compiled route table.
+    pub(crate) fn route_table(&self) -> &RouteTable {
+        &self.routes
+    }
+
     /// A CORS preflight goes to the matching route whose chain has cors, whatever its methods.
-    fn find_route(&self, req: &RequestInfo<'_>) -> RouteMatch<'_> {
+    pub(crate) fn find_route(&self, req: &RequestInfo<'_>) -> RouteMatch<'_> {
         let preflight = req.method == "OPTIONS"
             && req.headers.get("origin").is_some()
             && req.headers.get("access-control-request-method").is_some();
@@ -260,7 +265,7 @@ impl Runtime {
 /// What the route refuses before its middlewares run: a declared body over its limit (413 before anything is
 /// forwarded; a chunked body is counted as it streams, see [`Route::max_body_bytes`]) and an upgrade it does
 /// not allow.
-fn admit(route: &Route, req: &RequestInfo<'_>) -> Option<ClientError> {
+pub(crate) fn admit(route: &Route, req: &RequestInfo<'_>) -> Option<ClientError> {
     if let (Some(limit), Body::Length(n)) = (route.max_body_bytes, req.body())
         && n > limit
     {

@@ -175,10 +175,47 @@ pub struct Now {
     pub unix: Duration,
 }
 
+/// What one step of the chain decided, as a watcher of the run hears it.
+#[derive(Debug)]
+pub enum Verdict<'d> {
+    /// The rate limit's decision (its remaining tokens, or the refusal).
+    RateLimit(RateDecision),
+    /// A shared-store rate limit, which a dry run does not ask: the chain goes on as if it allowed.
+    Shared,
+    /// Authentication passed (or the path is excluded), or why it failed.
+    Auth(Result<(), AuthReject>),
+    /// What CORS made of the request.
+    Cors(&'d CorsDecision),
+}
+
+/// Who hears each step's verdict, and whether the run may change state. The proxy's runs use [`Unwatched`];
+/// explain runs the same chain dry (rate-limit buckets read, not drawn from) and writes down every verdict.
+pub trait Watch {
+    /// True when the run must leave every bucket as it was.
+    const DRY: bool;
+    /// Step `pos` decided `verdict`.
+    fn heard(&mut self, pos: usize, verdict: Verdict<'_>);
+}
+
+/// The proxy's own runs: nobody listens, state changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unwatched;
+
+impl Watch for Unwatched {
+    const DRY: bool = false;
+    fn heard(&mut self, _pos: usize, _verdict: Verdict<'_>) {}
+}
+
 /// Runs `steps` in order over a request; stops at the first that answers, or pauses at a shared-store
 /// rate limit (`Err`), to be continued with [`resume`] once the store has replied.
 pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Result<Outcome, Pending> {
-    run_from(steps, 0, Outcome::default(), req, now)
+    run_from(steps, 0, Outcome::default(), req, now, &mut Unwatched)
+}
+
+/// Runs the chain as [`run`] does, telling `watch` each verdict; a dry watch changes no state and goes past a
+/// shared-store limit instead of pausing, so the result is always `Ok`.
+pub fn run_watched<W: Watch>(steps: &[Step], req: &RequestInfo<'_>, now: Now, watch: &mut W) -> Result<Outcome, Pending> {
+    run_from(steps, 0, Outcome::default(), req, now, watch)
 }
 
 /// Continues a paused chain with the store's reply.
@@ -197,7 +234,7 @@ pub fn resume(
     if rate_verdict(&mut out, decision, &limit.settings) {
         return Ok(out);
     }
-    run_from(steps, pos + 1, out, req, now)
+    run_from(steps, pos + 1, out, req, now, &mut Unwatched)
 }
 
 /// Applies a rate-limit decision to the outcome; true when it ends the request.
@@ -214,20 +251,26 @@ fn rate_verdict(out: &mut Outcome, decision: RateDecision, settings: &RateSettin
     true
 }
 
-fn run_from(
+fn run_from<W: Watch>(
     steps: &[Step],
     start: usize,
     mut out: Outcome,
     req: &RequestInfo<'_>,
     now: Now,
+    watch: &mut W,
 ) -> Result<Outcome, Pending> {
     for (pos, step) in steps.iter().enumerate().skip(start) {
         match step {
+            Step::RemoteRateLimit(_) if W::DRY => watch.heard(pos, Verdict::Shared),
             Step::RemoteRateLimit(limit) => {
                 let key = limit.store_key(req);
                 return Err(Pending { pos, out, limit: Arc::clone(limit), key });
             }
-            Step::Cors(cors) => match cors.decide(req) {
+            Step::Cors(cors) => match {
+                let decision = cors.decide(req);
+                watch.heard(pos, Verdict::Cors(&decision));
+                decision
+            } {
                 CorsDecision::NotCors => {}
                 CorsDecision::Preflight(headers) => {
                     out.reply = Some(Failure::Preflight(headers));
@@ -241,12 +284,16 @@ fn run_from(
                 CorsDecision::Actual(headers) => out.response_headers.extend(headers),
             },
             Step::RateLimit(limiter) => {
-                if rate_verdict(&mut out, limiter.check(req, now.mono), limiter.settings()) {
+                let decision = if W::DRY { limiter.peek(req, now.mono) } else { limiter.check(req, now.mono) };
+                watch.heard(pos, Verdict::RateLimit(decision));
+                if rate_verdict(&mut out, decision, limiter.settings()) {
                     return Ok(out);
                 }
             }
             Step::Auth(auth) => {
-                if let Err(reason) = auth.check(req, now.unix) {
+                let verdict = auth.check(req, now.unix);
+                watch.heard(pos, Verdict::Auth(verdict));
+                if let Err(reason) = verdict {
                     let challenge = if reason == AuthReject::Missing {
                         "Bearer".to_string()
                     } else {

@@ -258,6 +258,18 @@ impl RateLimiter {
         self.gcra(&mut tat, now_ns)
     }
 
+    /// What [`RateLimiter::check`] would decide now, without drawing from the bucket (explain).
+    pub fn peek(&self, req: &RequestInfo<'_>, now: Instant) -> Decision {
+        let key = self.settings.bucket_key(req);
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let mut tat = match self.buckets.get(&key) {
+            Some(tat) => *tat,
+            None if self.buckets.len() >= MAX_KEYS => *self.overflow.lock().unwrap_or_else(|e| e.into_inner()),
+            None => 0,
+        };
+        self.gcra(&mut tat, now_ns)
+    }
+
     fn gcra(&self, tat: &mut u64, now_ns: u64) -> Decision {
         let t = self.settings.interval.as_nanos() as u64;
         let tolerance = self.settings.capacity_ns() - t;

@@ -49,6 +49,21 @@ impl Route {
         self.steps = steps;
     }
 
+    /// Its path pattern, as written.
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// Whether its methods accept `method`.
+    pub fn accepts(&self, method: &str) -> bool {
+        self.methods.accepts(method)
+    }
+
+    /// Its methods, as an `Allow` header says them.
+    pub fn allow(&self) -> String {
+        self.methods.allow_header()
+    }
+
     /// The path (and query) to forward: the matched span removed when `strip_prefix` is set; never empty.
     pub fn upstream_path<'p>(&self, path: &'p str, query: Option<&str>) -> Cow<'p, str> {
         if !self.strip_prefix {
@@ -157,8 +172,7 @@ impl RouteTable {
     pub fn find(&self, method: &str, path: &str, any_method: bool) -> RouteMatch<'_> {
         let mut allow = MethodSet::default();
         let mut matched = false;
-        for i in self.set.matches(path).iter() {
-            let route = &self.routes[i];
+        for route in self.matching(path) {
             if any_method || route.methods.accepts(method) {
                 return RouteMatch::Found(route);
             }
@@ -166,6 +180,11 @@ impl RouteTable {
             allow = allow.union(route.methods);
         }
         if matched { RouteMatch::MethodNotAllowed(allow.allow_header()) } else { RouteMatch::NotFound }
+    }
+
+    /// Every route whose pattern matches `path`, in the order [`RouteTable::find`] tries them.
+    pub fn matching<'t>(&'t self, path: &str) -> impl Iterator<Item = &'t Route> + 't {
+        self.set.matches(path).into_iter().map(move |i| &self.routes[i])
     }
 
     /// The routes, longest pattern first.

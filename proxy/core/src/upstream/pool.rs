@@ -235,12 +235,42 @@ impl Pool {
         entropy: &dyn crate::clock::Entropy,
         now: Instant,
     ) -> Option<usize> {
+        self.choose(req, tried, entropy, now, true)
+    }
+
+    /// The servers a request would be sent to now, in order: the first choice, then the one chosen when it
+    /// fails, and so on (explain). Chosen by [`Pool::select`]'s own code, without taking a turn; the draws of
+    /// the random strategies come from `entropy`.
+    pub fn fallback_order(
+        &self,
+        req: &RequestInfo<'_>,
+        entropy: &dyn crate::clock::Entropy,
+        now: Instant,
+    ) -> Vec<usize> {
+        let mut order = Vec::with_capacity(self.servers.len());
+        while order.len() < self.servers.len() {
+            match self.choose(req, &order, entropy, now, false) {
+                Some(pick) if !order.contains(&pick) => order.push(pick),
+                _ => break,
+            }
+        }
+        order
+    }
+
+    fn choose(
+        &self,
+        req: &RequestInfo<'_>,
+        tried: &[usize],
+        entropy: &dyn crate::clock::Entropy,
+        now: Instant,
+        advance: bool,
+    ) -> Option<usize> {
         let key = match self.spec.strategy {
             Strategy::Consistent => self.hash_input(req),
             _ => Cow::Borrowed(&[][..]),
         };
         let panic = self.in_panic();
-        let pick = self.selector.select(&self.servers, &key, tried, panic, entropy)?;
+        let pick = self.selector.select(&self.servers, &key, tried, panic, entropy, advance)?;
         // A consistent-hashing group keeps its affinity: slow start would move keys away and back.
         if let Some(window) = self.spec.slow_start
             && self.spec.strategy != Strategy::Consistent
@@ -249,7 +279,7 @@ impl Pool {
         {
             let mut others = tried.to_vec();
             others.push(pick);
-            return self.selector.select(&self.servers, &key, &others, panic, entropy).or(Some(pick));
+            return self.selector.select(&self.servers, &key, &others, panic, entropy, advance).or(Some(pick));
         }
         Some(pick)
     }
@@ -274,10 +304,13 @@ impl Pool {
             return Ok(None);
         }
         let (slot, n) = Slot::take(self, Count::Requests);
-        match max {
-            Some(max) if n > max => Err(Overflow::Requests),
-            _ => Ok(Some(slot)),
-        }
+        if over(n, max) { Err(Overflow::Requests) } else { Ok(Some(slot)) }
+    }
+
+    /// Whether [`Pool::admit`] would refuse a request now, without admitting one (explain).
+    pub fn full(&self) -> bool {
+        let max = self.spec.circuit_breaker.and_then(|c| c.max_requests);
+        over(self.requests.load(Ordering::Acquire) + 1, max)
     }
 
     fn counter(&self, count: Count) -> &AtomicU32 {
@@ -412,6 +445,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.pool.counter(self.count).fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether the `n`th request in flight is over the circuit breaker's `max_requests`.
+fn over(n: u32, max: Option<u32>) -> bool {
+    max.is_some_and(|max| n > max)
 }
 
 #[cfg(test)]

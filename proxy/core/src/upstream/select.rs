@@ -58,7 +58,8 @@ impl Selector {
         })
     }
 
-    /// A server that is up (any server, in `panic`) and not in `tried`, or `None`.
+    /// A server that is up (any server, in `panic`) and not in `tried`, or `None`. `advance: false` reads the
+    /// turn without taking it (explain: the choice the next request would get, the turn left as it was).
     pub fn select(
         &self,
         servers: &[ServerState],
@@ -66,7 +67,11 @@ impl Selector {
         tried: &[usize],
         panic: bool,
         entropy: &dyn Entropy,
+        advance: bool,
     ) -> Option<usize> {
+        let take = |next: &AtomicUsize| {
+            if advance { next.fetch_add(1, Ordering::Relaxed) } else { next.load(Ordering::Relaxed) }
+        };
         let usable = |i: usize| servers.get(i).is_some_and(|s| panic || s.is_up()) && !tried.contains(&i);
         let n = servers.len();
         if n == 0 {
@@ -74,7 +79,7 @@ impl Selector {
         }
         match &self.0 {
             Strat::RoundRobin(next) => {
-                let turn = next.fetch_add(1, Ordering::Relaxed);
+                let turn = take(next);
                 if usable(turn % n) {
                     return Some(turn % n);
                 }
@@ -84,7 +89,7 @@ impl Selector {
                 (!list.is_empty()).then(|| list[turn % list.len()])
             }
             Strat::Weighted { schedule, next } => {
-                let turn = next.fetch_add(1, Ordering::Relaxed);
+                let turn = take(next);
                 let first = schedule[turn % schedule.len()] as usize;
                 if usable(first) {
                     return Some(first);
