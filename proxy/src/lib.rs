@@ -9,6 +9,7 @@ pub mod app;
 pub mod config_file;
 pub mod control;
 pub mod demo;
+pub mod explain;
 pub mod logging;
 pub mod observe;
 pub mod server;

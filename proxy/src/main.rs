@@ -49,6 +49,22 @@ enum Command {
     Check,
     /// Run the gateway on 127.0.0.1:8484 in front of three built-in demo backends.
     Demo,
+    /// Print how the config handles one request, without sending it (every server taken as up).
+    Explain {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A request header, written `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client address the proxy would see (rate limits by IP read it).
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        /// The method.
+        method: String,
+        /// A path with an optional query, or an absolute URL (its host becomes the Host header).
+        url: String,
+    },
     /// Run one demo upstream server (for containers and tests): JSON echo, /health, /slow, /status/N.
     Upstream {
         /// Name it answers with.
@@ -104,6 +120,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => run_demo(&overrides),
+        Command::Explain { json, headers, client_ip, method, url } => {
+            explain(&cli, &overrides, *json, headers, *client_ip, method, url)
+        }
         Command::Upstream { name, listen } => run_upstream(name, *listen),
     }
 }
@@ -114,14 +133,56 @@ fn check(cli: &Cli, overrides: &Overrides) -> ExitCode {
             println!("{}: {}", cli.config.display(), valid.summary());
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{}: {} problem(s)", cli.config.display(), errors.0.len());
-            for line in errors.lines() {
-                eprintln!("  {line}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(errors) => problems(cli, &errors),
     }
+}
+
+/// Prints every problem of the config and fails.
+fn problems(cli: &Cli, errors: &locci_core::ConfigErrors) -> ExitCode {
+    eprintln!("{}: {} problem(s)", cli.config.display(), errors.0.len());
+    for line in errors.lines() {
+        eprintln!("  {line}");
+    }
+    ExitCode::FAILURE
+}
+
+fn explain(
+    cli: &Cli,
+    overrides: &Overrides,
+    json: bool,
+    headers: &[String],
+    client_ip: std::net::IpAddr,
+    method: &str,
+    url: &str,
+) -> ExitCode {
+    let asked = match locci_proxy::explain::Asked::new(method, url, headers, Some(client_ip)) {
+        Ok(asked) => asked,
+        Err(e) => {
+            eprintln!("locci-proxy explain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let valid = match config_file::load_file(&cli.config, overrides) {
+        Ok(valid) => valid,
+        Err(errors) => return problems(cli, &errors),
+    };
+    use locci_core::clock::Clock as _;
+    let clock = locci_core::clock::TokioClock::new();
+    let now = locci_core::middleware::Now { mono: clock.now(), unix: clock.unix_now() };
+    let runtime = locci_core::Runtime::build(valid, None, 1, clock.now());
+    let explanation = asked.explain(&runtime, now);
+    if json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("locci-proxy explain: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", locci_proxy::explain::text(&explanation));
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_upstream(name: &str, listen: SocketAddr) -> ExitCode {

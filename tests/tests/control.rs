@@ -32,9 +32,15 @@ fn every_endpoint_needs_the_key_except_healthz_and_secrets_never_show() {
     let proxy = Proxy::start(&config(&servers_yaml(&b), &servers_yaml(&b), "a"));
     let http = client();
     assert_eq!(http.get(proxy.control_url("/healthz")).send().unwrap().text().unwrap(), "ok");
-    for path in
-        ["/api/v1/status", "/api/v1/config", "/api/v1/routes", "/api/v1/upstreams", "/api/v1/metrics", "/metrics"]
-    {
+    for path in [
+        "/api/v1/status",
+        "/api/v1/config",
+        "/api/v1/routes",
+        "/api/v1/upstreams",
+        "/api/v1/metrics",
+        "/metrics",
+        "/api/v1/explain?path=/",
+    ] {
         let none = http.get(proxy.control_url(path)).send().unwrap();
         assert_eq!(none.status(), 401, "{path}");
         assert_eq!(none.headers()["www-authenticate"], "Bearer");

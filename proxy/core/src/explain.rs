@@ -33,7 +33,7 @@ pub struct Question<'a> {
 }
 
 /// How the config handles the request (SPEC §11; `--json` and `GET /api/v1/explain` print this).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     /// The method.
     pub method: String,
@@ -159,7 +159,19 @@ pub fn parse_target(url: &str) -> Result<(String, Option<String>, Option<String>
 impl Runtime {
     /// How this runtime, with its live health and buckets, handles `q`; nothing it touches changes.
     pub fn explain(&self, q: &Question<'_>, now: Now) -> Explanation {
-        let mut out = Explanation { method: q.method.to_string(), path: q.path.to_string(), ..Explanation::default() };
+        let mut out = Explanation {
+            method: q.method.to_string(),
+            path: q.path.to_string(),
+            routes: Vec::new(),
+            middlewares: Vec::new(),
+            upstream: None,
+            servers: Vec::new(),
+            upstream_path: None,
+            timeouts: None,
+            retry: None,
+            answer: None,
+            answer_reason: None,
+        };
         let path = match self.normalize_path(q.path) {
             Ok(path) => path,
             Err(failure) => {
@@ -168,13 +180,8 @@ impl Runtime {
             }
         };
         out.path = path.to_string();
-        let req = RequestInfo {
-            method: q.method,
-            path: &path,
-            query: q.query,
-            client_ip: q.client_ip,
-            headers: q.headers,
-        };
+        let req =
+            RequestInfo { method: q.method, path: &path, query: q.query, client_ip: q.client_ip, headers: q.headers };
         let found = self.find_route(&req);
         let winner = match &found {
             RouteMatch::Found(route) => Some(*route),
@@ -209,20 +216,20 @@ impl Runtime {
         let mut record = Record { steps: route.steps(), req: &req, heard: Vec::new() };
         let chain = middleware::run_watched(route.steps(), &req, now, &mut record);
         out.middlewares = record.written(route.steps().len());
-        match chain {
-            Ok(outcome) => {
-                if let Some(failure) = outcome.reply {
-                    return answered(out, &failure, None);
-                }
-            }
-            // A dry run never pauses; a pause would be a bug here, and says so rather than guess.
-            Err(_) => return answered(out, &Failure::Internal, Some("the chain paused in a dry run".into())),
-        }
-        let Some(pool) = pool else {
-            return answered(out, &Failure::Internal, Some("the route's group is missing".into()));
+        // The group is shown even when a middleware answers: what would happen once the client gets past it.
+        let after_pool = match pool {
+            Some(pool) => self.explain_pool(&mut out, pool, &req, now),
+            None => Some((Failure::Internal, "the route's group is missing".into())),
         };
-        self.explain_pool(&mut out, pool, &req, now);
-        out
+        match chain {
+            Ok(outcome) => match (outcome.reply, after_pool) {
+                (Some(failure), _) => answered(out, &failure, None),
+                (None, Some((failure, reason))) => answered(out, &failure, Some(reason)),
+                (None, None) => out,
+            },
+            // A dry run never pauses; a pause would be a bug here, and says so rather than guess.
+            Err(_) => answered(out, &Failure::Internal, Some("the chain paused in a dry run".into())),
+        }
     }
 
     fn retry_view(&self, pool: &Pool, req: &RequestInfo<'_>) -> RetryView {
@@ -235,7 +242,14 @@ impl Runtime {
         }
     }
 
-    fn explain_pool(&self, out: &mut Explanation, pool: &Pool, req: &RequestInfo<'_>, now: Now) {
+    /// Fills in the group and its servers; `Some` is what the proxy would answer itself at the group.
+    fn explain_pool(
+        &self,
+        out: &mut Explanation,
+        pool: &Pool,
+        req: &RequestInfo<'_>,
+        now: Now,
+    ) -> Option<(Failure, String)> {
         let spec = pool.spec();
         let draw = matches!(spec.strategy, crate::config::Strategy::Random | crate::config::Strategy::LeastRequest)
             || spec.slow_start.is_some();
@@ -271,12 +285,12 @@ impl Runtime {
         servers.sort_by_key(|s| s.pick.unwrap_or(usize::MAX));
         out.servers = servers;
         if order.is_empty() {
-            let reason = "no server of the group is up".to_string();
-            *out = answered(std::mem::take(out), &Failure::NoHealthyUpstream, Some(reason));
+            Some((Failure::NoHealthyUpstream, "no server of the group is up".into()))
         } else if pool.full() {
-            let reason = "the circuit breaker is full (max_requests in flight)".to_string();
             let failure = Failure::Overloaded(crate::upstream::Overflow::Requests);
-            *out = answered(std::mem::take(out), &failure, Some(reason));
+            Some((failure, "the circuit breaker is full (max_requests in flight)".into()))
+        } else {
+            None
         }
     }
 }
@@ -351,7 +365,9 @@ impl Watch for Record<'_, '_> {
                 let text = match decision {
                     CorsDecision::NotCors => "not a CORS request from an allowed origin: nothing added",
                     CorsDecision::Preflight(_) => "a preflight from an allowed origin: would answer 204",
-                    CorsDecision::PreflightRejected => "a preflight from a disallowed origin or method: would answer 403",
+                    CorsDecision::PreflightRejected => {
+                        "a preflight from a disallowed origin or method: would answer 403"
+                    }
                     CorsDecision::Actual(_) => "an allowed origin: CORS headers added to the response",
                 };
                 ("cors", text.into())

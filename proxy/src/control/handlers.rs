@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use locci_core::config::{Config, Mode, RouteConfig, ServerEntry, UpstreamConfig, WeightedServer, redacted_json};
@@ -34,6 +34,31 @@ pub async fn status(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "generation": rt.generation(),
         "upstreams": upstreams,
     }))
+}
+
+/// `GET /api/v1/explain?method=GET&path=/x&header=Name:value…`: the live config's explanation, with live health.
+pub async fn explain(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Api<Json<Value>> {
+    let (mut method, mut path, mut headers, mut client_ip) = (None, None, Vec::new(), None);
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*key {
+            "method" => method = Some(value.into_owned()),
+            "path" => path = Some(value.into_owned()),
+            "header" => headers.push(value.into_owned()),
+            "client_ip" => {
+                let ip =
+                    value.parse().map_err(|_| ApiError::BadRequest(format!("client_ip {value:?} is not an IP")))?;
+                client_ip = Some(ip);
+            }
+            other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let path = path.ok_or_else(|| ApiError::BadRequest("path is required".into()))?;
+    let method = method.unwrap_or_else(|| "GET".into());
+    let asked = crate::explain::Asked::new(&method, &path, &headers, client_ip).map_err(ApiError::BadRequest)?;
+    let clock = &shared.env.clock;
+    let now = locci_core::middleware::Now { mono: clock.now(), unix: clock.unix_now() };
+    let explanation = asked.explain(&shared.runtime(), now);
+    serde_json::to_value(explanation).map(Json).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 pub async fn config(State(shared): State<Arc<Shared>>) -> Json<Value> {

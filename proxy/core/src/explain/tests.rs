@@ -9,7 +9,7 @@ use crate::runtime::Plan;
 
 const SECRET: &str = "a-long-enough-test-secret-value";
 
-const GW: &str = "mode: api_gateway\nupstreams:\n  u: { servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"] }\n\
+const GW: &str = "mode: api_gateway\nupstreams:\n  u: { servers: [\"10.0.0.1:80\", { address: \"10.0.0.2:80\", weight: 3 }, \"10.0.0.3:80\"], strategy: weighted }\n\
     \x20 v: { servers: [\"10.0.0.9:80\"], retry: { attempts: 2 } }\n\
     api_gateway:\n  routes:\n\
     \x20   users: { path_pattern: \"^/api/users\", upstream: u, methods: [GET], strip_prefix: true, middlewares: [cors, rate_limit, auth] }\n\
@@ -47,7 +47,8 @@ fn served(rt: &Runtime, clock: &ManualClock, method: &str, path: &str, headers: 
         Err(failure) => return (failure.reply().status, 0),
     };
     let headers = HeaderPairs(headers);
-    let req = RequestInfo { method, path: &path, query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers: &headers };
+    let req =
+        RequestInfo { method, path: &path, query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers: &headers };
     match rt.plan(&req, now(clock), &SeededEntropy::new(7)) {
         Plan::Respond { failure, .. } => (failure.reply().status, 0),
         Plan::Forward { server, .. } => (0, server),
@@ -168,10 +169,7 @@ fn explaining_draws_no_token_and_takes_no_turn_and_predicts_what_the_proxy_does(
 
 #[test]
 fn the_fallback_order_skips_servers_that_are_down_and_none_up_is_503() {
-    let text = GW.replace(
-        "u: { servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"] }",
-        "u: { servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"], passive: { consecutive_failures: 1 } }",
-    );
+    let text = GW.replace("strategy: weighted }", "strategy: weighted, passive: { consecutive_failures: 1 } }");
     let rt = runtime(&text);
     let clock = ManualClock::default();
     let auth = bearer(&clock);

@@ -214,7 +214,12 @@ pub fn run(steps: &[Step], req: &RequestInfo<'_>, now: Now) -> Result<Outcome, P
 
 /// Runs the chain as [`run`] does, telling `watch` each verdict; a dry watch changes no state and goes past a
 /// shared-store limit instead of pausing, so the result is always `Ok`.
-pub fn run_watched<W: Watch>(steps: &[Step], req: &RequestInfo<'_>, now: Now, watch: &mut W) -> Result<Outcome, Pending> {
+pub fn run_watched<W: Watch>(
+    steps: &[Step],
+    req: &RequestInfo<'_>,
+    now: Now,
+    watch: &mut W,
+) -> Result<Outcome, Pending> {
     run_from(steps, 0, Outcome::default(), req, now, watch)
 }
 
@@ -266,23 +271,23 @@ fn run_from<W: Watch>(
                 let key = limit.store_key(req);
                 return Err(Pending { pos, out, limit: Arc::clone(limit), key });
             }
-            Step::Cors(cors) => match {
+            Step::Cors(cors) => {
                 let decision = cors.decide(req);
                 watch.heard(pos, Verdict::Cors(&decision));
-                decision
-            } {
-                CorsDecision::NotCors => {}
-                CorsDecision::Preflight(headers) => {
-                    out.reply = Some(Failure::Preflight(headers));
-                    return Ok(out);
+                match decision {
+                    CorsDecision::NotCors => {}
+                    CorsDecision::Preflight(headers) => {
+                        out.reply = Some(Failure::Preflight(headers));
+                        return Ok(out);
+                    }
+                    CorsDecision::PreflightRejected => {
+                        out.reply = Some(Failure::CorsRejected);
+                        out.rejection = Some(Rejection::Cors);
+                        return Ok(out);
+                    }
+                    CorsDecision::Actual(headers) => out.response_headers.extend(headers),
                 }
-                CorsDecision::PreflightRejected => {
-                    out.reply = Some(Failure::CorsRejected);
-                    out.rejection = Some(Rejection::Cors);
-                    return Ok(out);
-                }
-                CorsDecision::Actual(headers) => out.response_headers.extend(headers),
-            },
+            }
             Step::RateLimit(limiter) => {
                 let decision = if W::DRY { limiter.peek(req, now.mono) } else { limiter.check(req, now.mono) };
                 watch.heard(pos, Verdict::RateLimit(decision));
