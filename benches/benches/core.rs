@@ -1,5 +1,6 @@
 //! Criterion benches of the core's hot paths: route matching (10 and 1000 routes), server selection per
-//! strategy, the rate-limit check (one hot key, 100k keys), JWT verification and a whole plan.
+//! strategy, the rate-limit check (one hot key, 100k keys), JWT verification, a whole plan, and what the
+//! traffic profile adds to a request.
 //! Run: `just bench` (or `cargo bench -p locci-benches`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -187,5 +188,71 @@ impl Forward for locci_core::Plan<'_> {
     }
 }
 
-criterion_group!(benches, route_matching, selection, rate_limit, jwt);
+/// What the traffic profile adds to a request (SPEC §11; target under 100 ns): the rate-limit key's hash,
+/// the clock read at the response head that ends the upstream's latency (the proxy's tokio clock; the start
+/// reuses a read the attempt makes anyway), and the count itself.
+fn profile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("profile");
+    let plain = runtime("round_robin", "", "    {}\n");
+    let limited =
+        runtime("round_robin", "rate_limit", "    rate_limiting: { requests_per_minute: 60, key_header: X-Key }\n");
+    let clock = locci_core::clock::TokioClock::new();
+    let unix = clock.unix_now().as_secs();
+    let served = |route: &locci_core::route::Route, rate_key| locci_core::runtime::Served {
+        route: Some(route.index()),
+        method: "GET",
+        status: 200,
+        unix_secs: unix,
+        rate_key,
+        server: Some((0, 2)),
+        upstream_latency: Some(Duration::from_micros(1234)),
+    };
+    let route = &plain.routes()[0];
+    g.bench_function("observe", |b| b.iter(|| plain.observe(black_box(&served(route, None)))));
+    let keys: Vec<String> = (0..1000).map(|i| format!("tenant-{i}")).collect();
+    let route = &limited.routes()[0];
+    let start = clock.now();
+    let mut i = 0usize;
+    // Ten keys: each is in the table, the common case of a few heavy tenants.
+    g.bench_function("request_path_10_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % 10;
+            let headers = [("x-key", keys[i].as_str())];
+            let req = RequestInfo {
+                method: "GET",
+                path: "/x",
+                query: None,
+                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                headers: &HeaderPairs(&headers),
+            };
+            let key = route.rate_key(&req);
+            let latency = clock.now().saturating_duration_since(start);
+            let mut s = served(route, key);
+            s.upstream_latency = Some(latency);
+            limited.observe(black_box(&s))
+        })
+    });
+    // A thousand keys through a table of a hundred: every request evicts (the worst case, a key flood).
+    g.bench_function("request_path_key_flood", |b| {
+        b.iter(|| {
+            i = (i + 7) % keys.len();
+            let headers = [("x-key", keys[i].as_str())];
+            let req = RequestInfo {
+                method: "GET",
+                path: "/x",
+                query: None,
+                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                headers: &HeaderPairs(&headers),
+            };
+            let key = route.rate_key(&req);
+            let latency = clock.now().saturating_duration_since(start);
+            let mut s = served(route, key);
+            s.upstream_latency = Some(latency);
+            limited.observe(black_box(&s))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route_matching, selection, rate_limit, jwt, profile);
 criterion_main!(benches);

@@ -40,6 +40,7 @@ fn every_endpoint_needs_the_key_except_healthz_and_secrets_never_show() {
         "/api/v1/metrics",
         "/metrics",
         "/api/v1/explain?path=/",
+        "/api/v1/traffic-profile",
     ] {
         let none = http.get(proxy.control_url(path)).send().unwrap();
         assert_eq!(none.status(), 401, "{path}");

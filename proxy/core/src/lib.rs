@@ -15,6 +15,7 @@ pub mod forwarding;
 pub mod method;
 pub mod middleware;
 pub mod path;
+pub mod profile;
 pub mod request;
 pub mod respond;
 pub mod route;

@@ -15,6 +15,7 @@ use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
 use crate::edge::{ClientError, ClientLimits};
 use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejection, RemoteLimit, Step, StoreReply};
+use crate::profile::{ROUTE_BYTES, RouteProfile, SERVER_BYTES, ServerProfile, ServerStats, TrafficProfile};
 use crate::request::{Body, RequestInfo};
 use crate::respond::Failure;
 use crate::route::{Route, RouteMatch, RouteTable};
@@ -29,6 +30,27 @@ pub struct Runtime {
     pools: Vec<Arc<Pool>>,
     trusted: Vec<IpNet>,
     client: ClientLimits,
+    /// Per group, per server: its traffic statistics.
+    servers: Vec<Vec<Arc<ServerStats>>>,
+}
+
+/// One request as the traffic profile counts it, when it has ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// Its route's index ([`Route::index`]), when one matched.
+    pub route: Option<usize>,
+    /// Its method.
+    pub method: &'a str,
+    /// The status answered (0: none).
+    pub status: u16,
+    /// When it ended, in unix seconds.
+    pub unix_secs: u64,
+    /// The hash of its rate-limit key ([`Route::rate_key`]).
+    pub rate_key: Option<u64>,
+    /// The group and server that answered it last.
+    pub server: Option<(usize, usize)>,
+    /// That server's latency to the response head.
+    pub upstream_latency: Option<Duration>,
 }
 
 /// What to do with a request.
@@ -100,8 +122,28 @@ impl Runtime {
                 })
                 .collect();
             route.set_steps(steps);
+            if let Some(old) = previous.and_then(|p| p.routes().iter().find(|r| r.name == route.name)) {
+                route.set_stats(Arc::clone(old.stats()));
+            }
         }
-        Runtime { generation, config: Arc::new(config), routes, pools, trusted, client }
+        let servers = pools
+            .iter()
+            .map(|pool| {
+                let old = previous.and_then(|p| p.pools.iter().position(|o| o.name() == pool.name()));
+                pool.servers()
+                    .iter()
+                    .map(|server| {
+                        old.and_then(|g| {
+                            let previous = previous?;
+                            let i = previous.pools[g].servers().iter().position(|o| o.addr.text == server.addr.text)?;
+                            previous.servers.get(g)?.get(i).cloned()
+                        })
+                        .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
+        Runtime { generation, config: Arc::new(config), routes, pools, trusted, client, servers }
     }
 
     /// The number that grows with every applied change.
@@ -231,6 +273,39 @@ impl Runtime {
                 response_headers: outcome.response_headers,
             },
             Err(failure) => respond(failure),
+        }
+    }
+
+    /// Counts a request that has ended in the traffic profile.
+    pub fn observe(&self, served: &Served<'_>) {
+        if let Some(route) = served.route.and_then(|i| self.routes().get(i)) {
+            route.stats().record(served.method, served.status, served.unix_secs, served.rate_key);
+        }
+        if let Some(stats) = served.server.and_then(|(g, s)| self.servers.get(g)?.get(s)) {
+            stats.record(served.status, served.upstream_latency);
+        }
+    }
+
+    /// The traffic profile of every route and server of this config, the last hour ending at `now_unix`;
+    /// statistics carried over reloads for routes and servers that kept their names.
+    pub fn traffic_profile(&self, now_unix: u64) -> TrafficProfile {
+        let mut routes: Vec<RouteProfile> = self.routes().iter().map(|r| r.stats().report(&r.name, now_unix)).collect();
+        routes.sort_by(|a, b| a.route.cmp(&b.route));
+        let mut servers: Vec<ServerProfile> = self
+            .pools
+            .iter()
+            .zip(&self.servers)
+            .flat_map(|(pool, stats)| {
+                pool.servers().iter().zip(stats).map(|(server, s)| s.report(pool.name(), &server.addr.text))
+            })
+            .collect();
+        servers.sort_by(|a, b| (&a.upstream, &a.server).cmp(&(&b.upstream, &b.server)));
+        TrafficProfile {
+            until_unix: now_unix,
+            window_minutes: crate::profile::WINDOW_MINUTES,
+            memory_bytes: routes.len() * ROUTE_BYTES + servers.len() * SERVER_BYTES,
+            routes,
+            servers,
         }
     }
 

@@ -61,6 +61,10 @@ pub async fn explain(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuer
     serde_json::to_value(explanation).map(Json).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+pub async fn traffic_profile(State(shared): State<Arc<Shared>>) -> Json<locci_core::profile::TrafficProfile> {
+    Json(shared.runtime().traffic_profile(shared.env.clock.unix_now().as_secs()))
+}
+
 pub async fn config(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(redacted_json(shared.runtime().config()))
 }

@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/status", get(handlers::status))
         .route("/api/v1/config", get(handlers::config))
         .route("/api/v1/explain", get(handlers::explain))
+        .route("/api/v1/traffic-profile", get(handlers::traffic_profile))
         .route("/api/v1/routes", get(handlers::list_routes).post(handlers::add_route))
         .route("/api/v1/routes/{name}", delete(handlers::delete_route))
         .route("/api/v1/upstreams", get(handlers::list_upstreams).post(handlers::add_upstream))

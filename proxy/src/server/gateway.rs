@@ -14,6 +14,7 @@ use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
 use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
+use locci_core::runtime::Served;
 use locci_core::upstream::{InFlight, Live, Pool, RetryReason, Transition};
 use locci_core::{Plan, Runtime};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -68,6 +69,10 @@ impl Gateway {
         match plan {
             Plan::Respond { route, failure, rejection, headers } => {
                 ctx.route = route.map(|r| Arc::clone(&r.name));
+                if let Some(route) = route {
+                    ctx.route_index = Some(route.index());
+                    ctx.rate_key = route.rate_key(&req);
+                }
                 if matches!(failure, Failure::Overloaded(_)) {
                     // The overflow is the group's: its metrics carry the group's name.
                     ctx.group = route.map(|r| r.group);
@@ -80,6 +85,8 @@ impl Gateway {
             }
             Plan::Forward { route, group, server, attempts, response_headers } => {
                 ctx.route = Some(Arc::clone(&route.name));
+                ctx.route_index = Some(route.index());
+                ctx.rate_key = route.rate_key(&req);
                 ctx.group = Some(group);
                 ctx.attempts = attempts;
                 ctx.body_limit = route.max_body_bytes;
@@ -177,7 +184,16 @@ pub struct RequestCtx {
     /// The client as the core sees it (the peer, or from X-Forwarded-For behind a trusted proxy).
     client_ip: IpAddr,
     route: Option<Arc<str>>,
+    /// The route's place in the runtime's table, and the hash of its rate-limit key (the traffic profile's).
+    route_index: Option<usize>,
+    rate_key: Option<u64>,
     group: Option<usize>,
+    /// The server of the latest attempt, when it was sent there, and its latency to the response head.
+    server: Option<usize>,
+    attempt_started: Option<Instant>,
+    upstream_latency: Option<Duration>,
+    /// Wall time at the start.
+    started_unix: Duration,
     read_timeout: Duration,
     /// The route's timeout: it bounds the whole request across attempts.
     route_timeout: Duration,
@@ -219,7 +235,13 @@ impl ProxyHttp for Gateway {
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
+            route_index: None,
+            rate_key: None,
             group: None,
+            server: None,
+            attempt_started: None,
+            upstream_latency: None,
+            started_unix: Duration::ZERO,
             read_timeout: Duration::from_secs(30),
             route_timeout: Duration::from_secs(30),
             upstream_path: None,
@@ -241,6 +263,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let now = self.now();
         ctx.started = Some(now.mono);
+        ctx.started_unix = now.unix;
         let runtime = self.shared.runtime();
         let reply = self.plan(session, ctx, &runtime, now).await;
         let (downstream, upstream) = runtime.client_limits().read_timeouts(session.is_upgrade_req());
@@ -318,7 +341,10 @@ impl ProxyHttp for Gateway {
             peer.options.connection_timeout = Some(connect);
             // Custom L4 connectors (the simulator's) ignore connection_timeout; the total one always applies.
             peer.options.total_connection_timeout = Some(connect);
-            let Some(read_timeout) = ctx.attempts.read_timeout(&pool, ctx.read_timeout, self.elapsed(ctx)) else {
+            // One clock read times the attempt's budget and starts its latency (the traffic profile's).
+            let now = self.shared.env.clock.now();
+            let elapsed = ctx.started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            let Some(read_timeout) = ctx.attempts.read_timeout(&pool, ctx.read_timeout, elapsed) else {
                 ctx.in_flight = None;
                 ctx.failure = Some(UpstreamError::Timeout.failure());
                 return Err(Error::explain(ErrorType::ReadTimedout, "the route's timeout is spent"));
@@ -330,6 +356,9 @@ impl ProxyHttp for Gateway {
             if let Some(path) = &spec.ca_path {
                 peer.options.ca = self.shared.ca(path);
             }
+            ctx.server = Some(idx);
+            ctx.upstream_latency = None;
+            ctx.attempt_started = Some(now);
             return Ok(Box::new(peer));
         }
     }
@@ -415,6 +444,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if self.shared.draining() {
             session.set_keepalive(None);
+        }
+        if let Some(start) = ctx.attempt_started {
+            ctx.upstream_latency = Some(self.shared.env.clock.now().saturating_duration_since(start));
         }
         for (name, value) in ctx.response_headers.drain(..) {
             response.append_header(name, value)?;
@@ -537,6 +569,17 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| self.shared.env.clock.now().saturating_duration_since(s));
         self.record(ctx, status, elapsed);
         let header = session.req_header();
+        if let Some(runtime) = &ctx.runtime {
+            runtime.observe(&Served {
+                route: ctx.route_index,
+                method: header.method.as_str(),
+                status,
+                unix_secs: (ctx.started_unix + elapsed).as_secs(),
+                rate_key: ctx.rate_key,
+                server: ctx.group.zip(ctx.server),
+                upstream_latency: ctx.upstream_latency,
+            });
+        }
         tracing::info!(
             target: "locci::request",
             request_id = %ctx.request_id,
@@ -547,8 +590,34 @@ impl ProxyHttp for Gateway {
             server = %ctx.last_server.as_deref().unwrap_or("-"),
             status,
             duration_ms = elapsed.as_millis() as u64,
+            rate_key = %KeyHash(ctx.rate_key),
+            upstream_us = %Micros(ctx.upstream_latency),
             "request"
         );
+    }
+}
+
+/// A rate-limit key's hash as the log and the traffic profile show it, "-" when there is none.
+struct KeyHash(Option<u64>);
+
+impl std::fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(h) => write!(f, "{h:016x}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A latency in microseconds, "-" when there is none.
+struct Micros(Option<Duration>);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", d.as_micros()),
+            None => f.write_str("-"),
+        }
     }
 }
 

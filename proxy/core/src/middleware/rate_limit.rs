@@ -149,6 +149,21 @@ impl RateSettings {
         }
     }
 
+    /// The hash of [`RateSettings::bucket_key`], made without building the key: how the traffic profile and
+    /// the access log name a key without showing it.
+    pub fn key_hash(&self, req: &RequestInfo<'_>) -> u64 {
+        use std::fmt::Write;
+        let value = self.key_header.as_deref().and_then(|h| req.headers.get(h));
+        let mut h = Fnv(FNV_OFFSET);
+        // Writing to a hasher cannot fail. A key header's value is hashed as bytes, without formatting.
+        let _ = match value {
+            Some(v) if v.len() <= MAX_KEY_LEN => return fnv_more(fnv_more(FNV_OFFSET, b"h:"), v.as_bytes()),
+            Some(v) => write!(h, "h#{:016x}", fnv1a(v.as_bytes())),
+            None => write!(h, "ip:{}", req.client_ip),
+        };
+        h.0
+    }
+
     /// Bucket capacity in nanoseconds (burst x interval).
     pub fn capacity_ns(&self) -> u64 {
         self.interval.as_nanos() as u64 * u64::from(self.burst)
@@ -299,6 +314,22 @@ fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv_more(FNV_OFFSET, bytes)
+}
+
+fn fnv_more(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+/// FNV-1a over what is written to it.
+struct Fnv(u64);
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 = fnv_more(self.0, s.as_bytes());
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 
+use super::rate_limit::fnv1a;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::config::{AuthConfig, CorsConfig, RateLimitConfig, Secret};
@@ -323,4 +324,20 @@ fn a_secret_url_shows_where_it_points_but_never_its_credentials() {
     }
     assert_eq!(serde_json::to_value(Secret::new("s3cret")).unwrap(), "[redacted]");
     assert_eq!(format!("{} {:?}", Secret::new("s3cret"), Secret::new("s3cret")), "[redacted] [redacted]");
+}
+
+#[test]
+fn the_key_hash_is_the_hash_of_the_bucket_key_for_every_kind_of_key() {
+    let s = settings(60, 1);
+    let long = "k".repeat(MAX_KEY_LEN + 1);
+    let cases: [&[(&str, &str)]; 3] = [&[("x-key", "alice")], &[("x-key", long.as_str())], &[]];
+    let mut hashes = Vec::new();
+    for pairs in cases {
+        let h = HeaderPairs(pairs);
+        let req = info("GET", &h);
+        assert_eq!(s.key_hash(&req), fnv1a(s.bucket_key(&req).as_bytes()), "{:?}", s.bucket_key(&req));
+        hashes.push(s.key_hash(&req));
+    }
+    hashes.dedup();
+    assert_eq!(hashes.len(), 3, "different keys, different hashes");
 }

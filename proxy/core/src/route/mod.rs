@@ -11,6 +11,9 @@ use std::time::Duration;
 use regex::{Regex, RegexSet};
 
 use crate::method::MethodSet;
+use crate::middleware::Step;
+use crate::profile::RouteStats;
+use crate::request::RequestInfo;
 
 /// The largest compiled size of the route regexes, so a hostile pattern cannot exhaust memory at load.
 pub const REGEX_SIZE_LIMIT: usize = 64 * 1024 * 1024;
@@ -33,6 +36,8 @@ pub struct Route {
     /// Whether upgrades (WebSocket) are proxied.
     pub websocket: bool,
     steps: Vec<crate::middleware::Step>,
+    stats: Arc<RouteStats>,
+    index: usize,
     pattern: Regex,
     methods: MethodSet,
     strip_prefix: bool,
@@ -47,6 +52,32 @@ impl Route {
     /// Sets the middleware chain.
     pub(crate) fn set_steps(&mut self, steps: Vec<crate::middleware::Step>) {
         self.steps = steps;
+    }
+
+    /// Its traffic statistics (the traffic profile's part for this route).
+    pub fn stats(&self) -> &Arc<RouteStats> {
+        &self.stats
+    }
+
+    /// Takes over the statistics of the route of the same name in the previous runtime.
+    pub(crate) fn set_stats(&mut self, stats: Arc<RouteStats>) {
+        self.stats = stats;
+    }
+
+    /// Its position in [`RouteTable::routes`].
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The hash of a request's rate-limit key on this route ([`crate::middleware::RateSettings::key_hash`]);
+    /// `None` when the
+    /// route has no rate limit.
+    pub fn rate_key(&self, req: &RequestInfo<'_>) -> Option<u64> {
+        self.steps.iter().find_map(|step| match step {
+            Step::RateLimit(limiter) => Some(limiter.settings().key_hash(req)),
+            Step::RemoteRateLimit(limit) => Some(limit.settings.key_hash(req)),
+            _ => None,
+        })
     }
 
     /// Its path pattern, as written.
@@ -150,6 +181,8 @@ impl RouteTable {
                     max_body_bytes: spec.max_body_bytes,
                     websocket: spec.websocket,
                     steps: Vec::new(),
+                    stats: Arc::default(),
+                    index: routes.len(),
                     pattern,
                     methods: spec.methods,
                     strip_prefix: spec.strip_prefix,

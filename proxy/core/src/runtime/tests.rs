@@ -156,3 +156,44 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_traffic_profile_survives_a_reload_for_the_routes_and_servers_that_keep_their_names() {
+    let old = runtime(GW, None);
+    let users = old.routes().iter().find(|r| &*r.name == "users").map(Route::index);
+    let other = old.routes().iter().find(|r| &*r.name == "other").map(Route::index);
+    let t = 1_800_000_000;
+    let served = |route, status, server| Served {
+        route,
+        method: "GET",
+        status,
+        unix_secs: t,
+        rate_key: Some(7),
+        server,
+        upstream_latency: Some(Duration::from_millis(3)),
+    };
+    old.observe(&served(users, 200, Some((0, 1))));
+    old.observe(&served(users, 503, Some((0, 1))));
+    old.observe(&served(other, 200, Some((1, 0))));
+    old.observe(&served(None, 404, None));
+    // `other` is renamed `misc`; group v's server changes; group u keeps 10.0.0.2 and gains a server.
+    let changed = GW
+        .replace("other: {", "misc: {")
+        .replace("[\"10.0.0.3:80\"]", "[\"10.0.0.4:80\"]")
+        .replace("[\"10.0.0.1:80\", \"10.0.0.2:80\"]", "[\"10.0.0.2:80\", \"10.0.0.5:80\"]");
+    let new = runtime(&changed, Some(&old));
+    let profile = new.traffic_profile(t);
+    let routes: Vec<(&str, u64)> = profile.routes.iter().map(|r| (r.route.as_str(), r.requests)).collect();
+    assert_eq!(routes, vec![("misc", 0), ("users", 2)]);
+    let users = &profile.routes[1];
+    assert_eq!(users.per_minute.last(), Some(&2));
+    assert_eq!(users.rate_limit_keys.as_ref().map(|k| (k.distinct, k.top[0].requests)), Some((1, 2)));
+    let servers: Vec<(&str, &str, u64, u64)> =
+        profile.servers.iter().map(|s| (s.upstream.as_str(), s.server.as_str(), s.requests, s.errors)).collect();
+    assert_eq!(
+        servers,
+        vec![("u", "10.0.0.2:80", 2, 1), ("u", "10.0.0.5:80", 0, 0), ("v", "10.0.0.4:80", 0, 0)],
+        "10.0.0.2 keeps its counts at its new position; new servers start at zero"
+    );
+    assert_eq!(profile.memory_bytes, 2 * crate::profile::ROUTE_BYTES + 3 * crate::profile::SERVER_BYTES);
+}
