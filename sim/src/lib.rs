@@ -2,6 +2,7 @@
 //! world where sockets, time and randomness are simulated, under a scripted load and fault timeline, with
 //! invariants checked over a canonical trace. Same scenario + seed => same trace hash.
 
+pub mod distribution;
 pub mod hosts;
 pub mod net;
 pub mod oracle;

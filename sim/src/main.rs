@@ -3,7 +3,8 @@
 //! `locci-sim run SCENARIO [--seed N] [--trace FILE] [--plot FILE.svg] [--swarm]` runs one; `locci-sim
 //! sweep [SCENARIO...] --seeds N` runs many seeds in parallel processes; `locci-sim check SCENARIO --seed N`
 //! runs one seed twice in separate processes and compares the trace hashes; `locci-sim explain SCENARIO`
-//! prints the expanded timeline. Exit codes: 0 pass, 1 invariant violated, 2 non-determinism, 3 bad
+//! prints the expanded timeline; `locci-sim profile --from-log ACCESS.jsonl` builds the traffic profile from
+//! a JSON access log. Exit codes: 0 pass, 1 invariant violated, 2 non-determinism, 3 bad
 //! scenario, 4 the simulation itself failed.
 
 use std::path::{Path, PathBuf};
@@ -80,6 +81,27 @@ enum Cmd {
         #[arg(long)]
         swarm: bool,
     },
+    /// Build the traffic profile (the one GET /api/v1/traffic-profile serves) from a JSON access log.
+    Profile {
+        /// The proxy's log with `logging.format: json`; other lines are skipped.
+        #[arg(long = "from-log")]
+        from_log: PathBuf,
+    },
+    /// The share each server of each group would get, with all up and with each one down.
+    Distribution {
+        /// The proxy config.
+        #[arg(long)]
+        config: PathBuf,
+        /// A traffic profile (GET /api/v1/traffic-profile or `profile --from-log`): show requests per minute.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Every strategy, not only the configured one.
+        #[arg(long)]
+        all_strategies: bool,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the expanded timeline, the load plan size and the swarm draws.
     Explain {
         /// Scenario file.
@@ -95,6 +117,14 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Reading a log and asking the balancer simulate nothing: they need no seeded build.
+    match &cli.command {
+        Cmd::Profile { from_log } => return profile(from_log),
+        Cmd::Distribution { config, profile, all_strategies, json } => {
+            return distribution(config, profile.as_deref(), *all_strategies, *json);
+        }
+        _ => {}
+    }
     // Without tokio_unstable, tokio's select! picks its branches from a thread-local RNG the seed does not
     // reach, so a seed would not replay: refuse rather than print a trace hash that means nothing.
     if !cfg!(tokio_unstable) {
@@ -111,6 +141,93 @@ fn main() -> ExitCode {
         Cmd::Sweep { scenarios, seeds, from, jobs, swarm } => sweep(scenarios, from, seeds, jobs, swarm),
         Cmd::Check { scenario, seed, swarm } => check(&scenario, seed, swarm),
         Cmd::Explain { scenario, seed, swarm } => explain(&scenario, seed, swarm),
+        Cmd::Profile { from_log } => profile(&from_log),
+        Cmd::Distribution { config, profile, all_strategies, json } => {
+            distribution(&config, profile.as_deref(), all_strategies, json)
+        }
+    }
+}
+
+/// Reads a traffic profile file (the API's JSON or `profile --from-log`'s).
+fn read_profile(path: &Path) -> Result<locci_core::profile::TrafficProfile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a traffic profile: {e}", path.display()))
+}
+
+/// Loads and validates a proxy config as the proxy would (environment substituted), or says why not.
+fn read_config(path: &Path) -> Result<locci_core::Runtime, String> {
+    let valid = locci_proxy::config_file::load_file(path, &Default::default()).map_err(|errors| {
+        let lines: Vec<String> = errors.0.iter().map(|e| format!("  {e}")).collect();
+        format!("{}: invalid config:\n{}", path.display(), lines.join("\n"))
+    })?;
+    Ok(locci_core::Runtime::build(
+        valid,
+        None,
+        1,
+        locci_core::clock::Clock::now(&locci_core::clock::ManualClock::default()),
+    ))
+}
+
+/// `locci-sim distribution`: the shares, as tables or JSON.
+fn distribution(config: &Path, profile: Option<&Path>, all: bool, json: bool) -> ExitCode {
+    let runtime = match read_config(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            return ExitCode::from(BAD_SCENARIO);
+        }
+    };
+    let profile = match profile.map(read_profile).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            return ExitCode::from(BAD_SCENARIO);
+        }
+    };
+    let groups = locci_sim::distribution::shares(&runtime, all, profile.as_ref());
+    if json {
+        println!("{}", locci_sim::distribution::json(&groups));
+    } else {
+        print!("{}", locci_sim::distribution::text(&groups));
+        println!(
+            "(shares of {} synthetic requests per case through the group's own selection, {} in flight at a time)",
+            locci_sim::distribution::REQUESTS,
+            locci_sim::distribution::IN_FLIGHT
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `locci-sim profile --from-log FILE`: the profile as JSON on stdout, what was read on stderr.
+fn profile(log: &Path) -> ExitCode {
+    let file = match std::fs::File::open(log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("locci-sim: cannot read {}: {e}", log.display());
+            return ExitCode::from(BAD_SCENARIO);
+        }
+    };
+    match locci_core::profile::from_log(std::io::BufReader::new(file)) {
+        Ok((profile, requests)) => match serde_json::to_string_pretty(&profile) {
+            Ok(json) => {
+                println!("{json}");
+                eprintln!(
+                    "locci-sim: {requests} requests, {} routes, {} servers from {}",
+                    profile.routes.len(),
+                    profile.servers.len(),
+                    log.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("locci-sim: {e}");
+                ExitCode::from(SIM_ERROR)
+            }
+        },
+        Err(e) => {
+            eprintln!("locci-sim: {}: {e}", log.display());
+            ExitCode::from(BAD_SCENARIO)
+        }
     }
 }
 

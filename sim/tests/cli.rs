@@ -105,3 +105,166 @@ mod seeded {
         assert!(stdout(&out).contains("RESULT ok"), "{}", stdout(&out));
     }
 }
+
+/// Reading a log needs no seeded build: these run on every build.
+mod profile {
+    use super::*;
+
+    fn profile(log: &str) -> std::process::Output {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Command::new(env!("CARGO_BIN_EXE_locci-sim"))
+            .args(["profile", "--from-log", log])
+            .current_dir(repo)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_json_access_log_becomes_the_traffic_profile() {
+        let out = profile("sim/tests/fixtures/access.jsonl");
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(p["until_unix"], 1_800_000_071u64, "the window ends at the last request");
+        let routes = p["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 1, "the 404 matched no route: {p}");
+        let api = &routes[0];
+        assert_eq!((api["route"].as_str(), api["requests"].as_u64()), (Some("api"), Some(3)));
+        let minutes: Vec<u64> = api["per_minute"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!((minutes.len(), minutes[58], minutes[59]), (60, 2, 1));
+        assert_eq!(api["methods"], serde_json::json!({"GET": 2, "POST": 1}));
+        assert_eq!(api["statuses"], serde_json::json!({"200": 1, "201": 1, "502": 1}));
+        assert_eq!(api["rate_limit_keys"]["distinct"], 2);
+        assert_eq!(api["rate_limit_keys"]["top"][0], serde_json::json!({"key": "1f2e3d4c5b6a7988", "requests": 2}));
+        let servers = p["servers"].as_array().unwrap();
+        let one = |i: usize, k: &str| servers[i][k].clone();
+        assert_eq!(
+            (one(0, "server"), one(0, "requests"), one(0, "errors")),
+            ("10.0.0.1:80".into(), 2.into(), 0.into())
+        );
+        assert_eq!(
+            (one(1, "server"), one(1, "requests"), one(1, "errors")),
+            ("10.0.0.2:80".into(), 1.into(), 1.into())
+        );
+        assert_eq!(servers[0]["latency_us"]["mean"], 2850);
+        assert_eq!(servers[1]["latency_us"]["count"], 0, "a 502 without a head is not timed");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("4 requests, 1 routes, 2 servers"));
+    }
+
+    #[test]
+    fn a_broken_log_is_a_bad_input_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("broken.jsonl");
+        std::fs::write(&log, "{\"target\":\"locci::request\",\"timestamp\":\"2027-01-15T08:00:00Z\",\"status\":200}\n")
+            .unwrap();
+        let out = profile(log.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(3));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("line 1: no method"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+        let missing = profile("no/such/file.jsonl");
+        assert_eq!(missing.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read no/such/file.jsonl"));
+    }
+}
+
+/// The balancer's what-if needs no seeded build either.
+mod distribution {
+    use super::*;
+
+    fn run(args: &[&str]) -> std::process::Output {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Command::new(env!("CARGO_BIN_EXE_locci-sim")).arg("distribution").args(args).current_dir(repo).output().unwrap()
+    }
+
+    fn json(args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = run(&all);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn shares(case: &serde_json::Value) -> Vec<f64> {
+        case["shares"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_example_gateway_s_weights_give_their_shares_and_a_server_down_gives_its_share_to_the_rest() {
+        let d = json(&["--config", "examples/gateway.yaml"]);
+        let users = &d["users"][0];
+        assert_eq!(users["strategy"], "weighted");
+        assert_eq!(users["servers"], serde_json::json!(["127.0.0.1:3001", "127.0.0.1:3002"]));
+        let cases = users["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 3, "all up, then each server down");
+        assert_eq!(shares(&cases[0]), [0.25, 0.75], "weights 1 and 3");
+        assert_eq!(cases[1]["down"], "127.0.0.1:3001");
+        assert_eq!(shares(&cases[1]), [0.0, 1.0]);
+        assert_eq!(shares(&cases[2]), [1.0, 0.0]);
+        let text = String::from_utf8_lossy(&run(&["--config", "examples/gateway.yaml"]).stdout).into_owned();
+        assert!(text.contains("group users (weighted, configured)"), "{text}");
+        assert!(text.contains("25.0%") && text.contains("75.0%") && text.contains("down"), "{text}");
+    }
+
+    #[test]
+    fn every_strategy_spreads_equal_weights_and_shows_the_profile_s_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.yaml");
+        std::fs::write(
+            &config,
+            "mode: api_gateway\nupstreams:\n  app: { servers: [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\", \"10.0.0.4:80\"] }\n\
+             \x20 one: { servers: [\"10.0.1.1:80\"] }\n\
+             api_gateway:\n  routes:\n    api: { path_pattern: \"^/api\", upstream: app }\n    solo: { path_pattern: \"^/solo\", upstream: one }\n",
+        )
+        .unwrap();
+        let profile = dir.path().join("p.json");
+        let mut minutes = vec![0u64; 60];
+        minutes[59] = 600;
+        let p = serde_json::json!({"until_unix": 1_800_000_000u64, "window_minutes": 60, "routes": [
+            {"route": "api", "requests": 600, "per_minute": minutes, "methods": {"GET": 600}, "statuses": {"200": 600}}
+        ], "servers": []});
+        std::fs::write(&profile, p.to_string()).unwrap();
+        let d =
+            json(&["--config", config.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--all-strategies"]);
+        let app = d["app"].as_array().unwrap();
+        let names: Vec<&str> = app.iter().map(|g| g["strategy"].as_str().unwrap()).collect();
+        assert_eq!(names, ["round_robin", "weighted", "random", "least_request", "consistent"]);
+        assert_eq!(app.iter().filter(|g| g["configured"] == true).count(), 1);
+        for g in app {
+            assert_eq!(g["per_minute"], 10.0, "600 requests in the hour: {g}");
+            for case in g["cases"].as_array().unwrap() {
+                let s = shares(case);
+                assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{g}");
+                let down = g["servers"].as_array().unwrap().iter().position(|a| *a == case["down"]);
+                let spread = 1.0 / if down.is_some() { 3.0 } else { 4.0 };
+                for (i, share) in s.iter().enumerate() {
+                    if Some(i) == down {
+                        assert_eq!(*share, 0.0, "a down server gets nothing: {g}");
+                    } else {
+                        // Equal weights: every strategy spreads evenly, the random ones within a few percent;
+                        // ketama's ring is lumpier with four servers.
+                        let tolerance = if g["strategy"] == "consistent" { 0.1 } else { 0.05 };
+                        assert!((share - spread).abs() < tolerance, "{} {share} vs {spread}: {g}", g["strategy"]);
+                    }
+                }
+            }
+        }
+        // Consistent hashing moves only the down server's keys: nobody else loses any share.
+        let consistent = app.iter().find(|g| g["strategy"] == "consistent").unwrap();
+        let all_up = shares(&consistent["cases"][0]);
+        for case in &consistent["cases"].as_array().unwrap()[1..] {
+            let s = shares(case);
+            for (i, share) in s.iter().enumerate().filter(|(_, v)| **v > 0.0) {
+                assert!(*share >= all_up[i], "server {i} lost keys when another went down: {consistent}");
+            }
+        }
+        let one = &d["one"][0];
+        assert_eq!(one["cases"].as_array().unwrap().len(), 1, "no what-if for a single server");
+        assert_eq!(one["per_minute"], 0.0);
+        let bad = run(&["--config", "no/such.yaml"]);
+        assert_eq!(bad.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("no/such.yaml"));
+    }
+}

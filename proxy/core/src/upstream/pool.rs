@@ -355,6 +355,13 @@ impl Pool {
         self.servers.get(idx)?.update(now, slow, |h| h.probe(ok, thresholds, now))
     }
 
+    /// Takes server `idx` down as failed active checks would (the what-if of `locci-sim distribution`).
+    pub fn mark_down(&self, idx: usize, now: Instant) -> Option<Transition> {
+        let once = Thresholds { healthy: 1, unhealthy: 1 };
+        let slow = self.spec.slow_start.is_some();
+        self.servers.get(idx)?.update(now, slow, |h| h.probe(false, once, now))
+    }
+
     /// Records a live outcome for server `idx`; a `Down` answer is an ejection.
     pub fn report(&self, idx: usize, outcome: Live, now: Instant) -> Option<Transition> {
         let outlier = self.spec.outlier?;
