@@ -36,6 +36,8 @@ pub struct Behaviour {
     pub status: u16,
     /// Accept but never answer.
     pub hang: bool,
+    /// The share of requests answered 500 (a steady error rate, as a traffic profile measured it).
+    pub error_rate: f64,
 }
 
 /// A behaviour shared between the driver and the host (one thread: Rc + RefCell).
@@ -124,6 +126,10 @@ async fn serve_one(
             Some(permit) => _slot = Some(permit),
             None => (status, shed) = (503, true),
         }
+    }
+    // Drawn only when there is a rate, so a host without one draws exactly what it always drew.
+    if !health && !shed && status == 200 && b.error_rate > 0.0 && rng.borrow_mut().random_bool(b.error_rate) {
+        status = 500;
     }
     if !health && !shed {
         let (lo, hi) = b.latency;

@@ -7,6 +7,7 @@ pub mod hosts;
 pub mod net;
 pub mod oracle;
 pub mod plot;
+pub mod preflight;
 pub mod report;
 pub mod trace;
 pub use locci_scenario as scenario;

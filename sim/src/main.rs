@@ -87,6 +87,40 @@ enum Cmd {
         #[arg(long = "from-log")]
         from_log: PathBuf,
     },
+    /// Simulate a config change before making it: the current config, the new one and the reload between
+    /// them, under the standard fault set, compared per route against budgets.
+    Preflight {
+        /// The config running now.
+        #[arg(long)]
+        current: PathBuf,
+        /// The config to change to.
+        #[arg(long)]
+        new: PathBuf,
+        /// A traffic profile (GET /api/v1/traffic-profile or `profile --from-log`): the load and the servers.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Seeds per world.
+        #[arg(long, default_value_t = 16)]
+        seeds: u64,
+        /// Largest availability drop allowed, in percentage points.
+        #[arg(long, default_value_t = 0.1)]
+        max_availability_drop: f64,
+        /// Largest p99 increase allowed, in percent.
+        #[arg(long, default_value_t = 25.0)]
+        max_p99_increase: f64,
+        /// Requests each simulated server serves at once (four times as many wait; more are shed with 503).
+        #[arg(long)]
+        capacity: Option<usize>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an SVG of old and new side by side.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Worlds run at once (default: cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// The share each server of each group would get, with all up and with each one down.
     Distribution {
         /// The proxy config.
@@ -145,7 +179,75 @@ fn main() -> ExitCode {
         Cmd::Distribution { config, profile, all_strategies, json } => {
             distribution(&config, profile.as_deref(), all_strategies, json)
         }
+        Cmd::Preflight {
+            current,
+            new,
+            profile,
+            seeds,
+            max_availability_drop,
+            max_p99_increase,
+            capacity,
+            json,
+            svg,
+            jobs,
+        } => {
+            let profile = match profile.as_deref().map(read_profile).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("locci-sim: {e}");
+                    return ExitCode::from(BAD_SCENARIO);
+                }
+            };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let opts = locci_sim::preflight::Options {
+                seeds: seeds.clamp(1, 1000),
+                profile,
+                max_availability_drop,
+                max_p99_increase,
+                capacity,
+                jobs,
+            };
+            preflight(&current, &new, &opts, json.as_deref(), svg.as_deref())
+        }
     }
+}
+
+/// `locci-sim preflight`: exit 0 within budget, 1 over it, 3 for a bad input, 4 when the simulation failed.
+fn preflight(
+    current: &Path,
+    new: &Path,
+    opts: &locci_sim::preflight::Options,
+    json: Option<&Path>,
+    svg: Option<&Path>,
+) -> ExitCode {
+    use locci_sim::preflight;
+    let setup = match preflight::setup(current, new, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            return ExitCode::from(BAD_SCENARIO);
+        }
+    };
+    let runs = match preflight::run_all(&setup, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            return ExitCode::from(SIM_ERROR);
+        }
+    };
+    let rows = preflight::compare(&setup, &runs, opts);
+    print!("{}", preflight::text(&setup, &rows, opts));
+    if let Some(file) = json
+        && let Err(e) = std::fs::write(file, preflight::json_report(&setup, &rows, opts).to_string())
+    {
+        eprintln!("locci-sim: cannot write {}: {e}", file.display());
+    }
+    if let Some(file) = svg
+        && let Err(e) = std::fs::write(file, preflight::svg(&rows))
+    {
+        eprintln!("locci-sim: cannot write {}: {e}", file.display());
+    }
+    if rows.iter().all(|r| r.problems.is_empty()) { ExitCode::SUCCESS } else { ExitCode::from(VIOLATION) }
 }
 
 /// Reads a traffic profile file (the API's JSON or `profile --from-log`'s).

@@ -282,7 +282,12 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for u in &s.upstreams {
         for host in u.hosts() {
-            let normal = Behaviour { latency: (u.latency.min, u.latency.max), status: 200, hang: false };
+            let normal = Behaviour {
+                latency: (u.latency.min, u.latency.max),
+                status: 200,
+                hang: false,
+                error_rate: u.error_rate,
+            };
             let live = Rc::new(RefCell::new(normal.clone()));
             let (name, port, b, t) = (host.clone(), u.port, Rc::clone(&live), trace.clone());
             let host_seed = seed ^ fnv(&host);

@@ -104,6 +104,92 @@ mod seeded {
         assert!(out.status.success(), "{}", stdout(&out));
         assert!(stdout(&out).contains("RESULT ok"), "{}", stdout(&out));
     }
+
+    const PRE: &str = "sim/tests/fixtures/preflight";
+
+    fn preflight(current: &str, new: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let (json, svg) = (dir.path().join("report.json"), dir.path().join("report.svg"));
+        let mut args = vec![
+            "preflight".to_string(),
+            "--current".into(),
+            format!("{PRE}/{current}"),
+            "--new".into(),
+            format!("{PRE}/{new}"),
+            "--seeds".into(),
+            "3".into(),
+            "--json".into(),
+            json.display().to_string(),
+            "--svg".into(),
+            svg.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = sim(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default();
+        if out.status.code() != Some(3) {
+            let picture = std::fs::read_to_string(&svg).unwrap();
+            assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"), "{picture}");
+        }
+        (out, report)
+    }
+
+    fn rows<'a>(report: &'a serde_json::Value, fault: &str) -> Vec<&'a serde_json::Value> {
+        report["rows"].as_array().unwrap().iter().filter(|r| r["fault"] == fault).collect()
+    }
+
+    #[test]
+    fn dropping_a_server_that_carries_a_third_fails_the_budget_when_one_server_dies() {
+        let (out, report) =
+            preflight("three.yaml", "two.yaml", &["--profile", &format!("{PRE}/busy-profile.json"), "--capacity", "2"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(stdout(&out).contains("verdict: OVER BUDGET"), "{}", stdout(&out));
+        assert_eq!(report["within_budget"], false);
+        let dies = rows(&report, "one server dies");
+        assert_eq!(dies.len(), 1);
+        assert_eq!(dies[0]["verdict"], "worse", "{}", dies[0]);
+        let old = dies[0]["availability"]["old"].as_f64().unwrap();
+        let new = dies[0]["availability"]["new"].as_f64().unwrap();
+        assert!(old - new > 1.0, "two servers left carry it, one cannot: {old} vs {new}");
+        assert!(dies[0]["problems"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().starts_with("reload:")));
+        // The old config spreads over three servers, the new one over two.
+        let shares = |arm: &str| dies[0]["shares"][arm].as_object().unwrap().len();
+        assert_eq!((shares("old"), shares("new")), (3, 2), "{}", dies[0]);
+        // Health checks take the dead server out in both: two failed checks at 1 s.
+        let detected = dies[0]["detection_ms"]["new"].as_f64().unwrap();
+        assert!((1000.0..3000.0).contains(&detected), "{detected}");
+        assert_eq!(report["load"][0]["rate"], 300.0, "the profile's rate");
+    }
+
+    #[test]
+    fn renaming_a_route_is_no_change_under_every_fault() {
+        let (out, report) = preflight("three.yaml", "renamed.yaml", &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        assert!(stdout(&out).contains("verdict: within budget"), "{}", stdout(&out));
+        let all = report["rows"].as_array().unwrap();
+        let faults: Vec<&str> = all.iter().map(|r| r["fault"].as_str().unwrap()).collect();
+        assert_eq!(faults, ["none", "one server dies", "one server 10x slower", "one server answers 500"]);
+        for row in all {
+            assert_eq!(row["verdict"], "no change", "{row}");
+            assert_eq!(row["route"], "api", "rows are named by the current config's routes");
+        }
+        assert_eq!(report["load"][0]["rate"], 50.0, "the default load without a profile");
+    }
+
+    #[test]
+    fn a_config_that_does_not_load_is_a_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken.yaml");
+        std::fs::write(&broken, "mode: api_gateway\nupstreams: {}\n").unwrap();
+        let out = sim(&["preflight", "--current", &format!("{PRE}/three.yaml"), "--new", broken.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("invalid config"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let missing = sim(&["preflight", "--current", "no/such.yaml", "--new", &format!("{PRE}/three.yaml")]);
+        assert_eq!(missing.status.code(), Some(3));
+    }
 }
 
 /// Reading a log needs no seeded build: these run on every build.

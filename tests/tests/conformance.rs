@@ -211,3 +211,58 @@ fn kill_and_return_holds_the_same_invariants_against_the_real_binary() {
 fn reload_swap_holds_the_same_invariants_against_the_real_binary() {
     assert_all_hold(&play("scenarios/reload-swap.yaml"));
 }
+
+/// The preflight's simulated world of an operator's config gives each server the share the real proxy gives
+/// it: the config is written once with real addresses, simulated by `locci-sim preflight`'s own set-up, and
+/// run for real in front of real servers.
+#[test]
+fn the_preflight_world_of_a_config_reproduces_the_real_proxy_s_shares() {
+    use locci_sim::preflight::{self, Arm, Options};
+    let b = backends(3);
+    let servers = format!(
+        "[{{ address: \"{}\", weight: 1 }}, {{ address: \"{}\", weight: 2 }}, {{ address: \"{}\", weight: 3 }}]",
+        b[0].addr, b[1].addr, b[2].addr
+    );
+    let config = |bind: &str| {
+        format!(
+            "mode: api_gateway\nserver: {{ bind_address: \"{bind}\" }}\n\
+             upstreams:\n  app: {{ servers: {servers}, strategy: weighted }}\n\
+             api_gateway:\n  routes:\n    api: {{ path_pattern: \"^/api/\", upstream: app }}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config("127.0.0.1:1")).unwrap();
+    let opts = Options {
+        seeds: 1,
+        profile: None,
+        max_availability_drop: 0.1,
+        max_p99_increase: 25.0,
+        capacity: None,
+        jobs: 1,
+    };
+    let setup = preflight::setup(&file, &file, &opts).unwrap();
+    let path = setup.classes[0].path.clone();
+    assert_eq!(path, "/api/", "the request made from the route's pattern");
+    let scenario = preflight::scenario(&setup, &setup.faults[0], Arm::Old, None).unwrap();
+    let run = world::run(&scenario, 1, false).unwrap();
+    let got = &preflight::measure(&setup, &run.events, &[]).classes[0];
+    let simulated: u64 = got.servers.values().sum();
+    let sim_share = |addr: &str| {
+        let host = setup.hosts.iter().find(|h| h.address == addr).map(|h| h.name.clone()).unwrap();
+        got.servers.get(&host).copied().unwrap_or(0) as f64 / simulated as f64
+    };
+
+    let proxy = Proxy::start(&config("{BIND}"));
+    let http = client();
+    let n = 600;
+    for _ in 0..n {
+        assert_eq!(http.get(proxy.url(&path)).send().unwrap().status(), 200);
+    }
+    for (backend, weight) in b.iter().zip([1.0, 2.0, 3.0]) {
+        let real = backend.requests() as f64 / n as f64;
+        let sim = sim_share(&backend.addr.to_string());
+        assert!((real - sim).abs() < 0.03, "{}: real {real:.3}, simulated {sim:.3}", backend.addr);
+        assert!((real - weight / 6.0).abs() < 0.03, "{}: real {real:.3}", backend.addr);
+    }
+}

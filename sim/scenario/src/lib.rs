@@ -110,6 +110,9 @@ pub struct UpstreamSpec {
     /// How much each host serves at once (absent: no limit).
     #[serde(default)]
     pub capacity: Option<Capacity>,
+    /// The share of requests each host answers with 500, drawn per request from the seed (0 to 1).
+    #[serde(default)]
+    pub error_rate: f64,
 }
 
 /// A host's capacity: `concurrent` requests in service, `queue` more waiting in arrival order; a request
@@ -897,6 +900,9 @@ impl Scenario {
             }
             if u.capacity.is_some_and(|c| c.concurrent == 0) {
                 p.push(format!("upstreams[{i}].capacity.concurrent: must be at least 1"));
+            }
+            if !(0.0..=1.0).contains(&u.error_rate) {
+                p.push(format!("upstreams[{i}].error_rate: must be 0 to 1"));
             }
         }
         p.extend(self.load.check(MAX_SIM_RATE));
