@@ -30,8 +30,9 @@ check-examples:
     cargo build -q -j {{jobs}} -p locci-proxy
     for f in config.yaml examples/*.yaml; do cargo run -q -j {{jobs}} -p locci-proxy -- check --config "$f"; done
 
-# Run every test: core unit and property tests, then the end-to-end tests against the real binary.
-test:
+# Run every test: core unit and property tests, then the end-to-end tests against the real binary (the reload
+# gate's and the image's need the seeded simulator, so it is built first).
+test: sim-build
     cargo build -j {{jobs}} --workspace --all-targets
     cargo test -j {{jobs}} --workspace --no-fail-fast
 
@@ -111,10 +112,18 @@ sim-nightly seeds="200": sim-build
     {{sim_bin}} sweep --seeds {{seeds}} --jobs {{jobs}}
     {{sim_bin}} sweep scenarios/swarm-mixed.yaml --swarm --seeds {{seeds}} --jobs {{jobs}}
 
+# Release artefacts: locci-proxy, locci-sim (seeded; the reload gate runs it) and locci-loadgen in target/dist/.
+dist: sim-build
+    cargo build -q --release -j {{jobs}} -p locci-proxy -p locci-loadgen
+    rm -rf target/dist && mkdir -p target/dist/locci
+    cp {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/release/locci-proxy {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/release/locci-loadgen {{sim_bin}} target/dist/locci/
+    tar -C target/dist -czf target/dist/locci-$(cargo pkgid -p locci-proxy | sed 's/.*[#@]//')-linux-$(uname -m).tar.gz locci
+    @ls target/dist/*.tar.gz
+
 # The runtime image locci:latest from a host release build (makes the base image first when there is none).
-image:
+image: sim-build
     cargo build -q --release -j {{jobs}} -p locci-proxy
     bash scripts/base-image
     rm -rf target/image && mkdir -p target/image
-    cp {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/release/locci-proxy docker/config.yaml target/image/
+    cp {{env_var_or_default("CARGO_TARGET_DIR", "target")}}/release/locci-proxy {{sim_bin}} docker/config.yaml target/image/
     docker build -t locci:latest -f docker/Dockerfile.runtime target/image

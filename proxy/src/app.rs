@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
-use locci_core::config::{Config, ConfigErrors, OnError};
+use locci_core::config::{Config, ConfigErrors, OnError, PreflightMode};
 use locci_core::edge::ClientError;
 use locci_core::middleware::{Pending, StoreReply};
 use locci_core::{Runtime, ValidConfig};
@@ -16,6 +16,7 @@ use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
 
 use crate::config_file::{self, Overrides};
+use crate::gate::Verdict;
 use crate::observe::Metrics;
 use crate::server::edge::Edge;
 use crate::server::gateway::Gateway;
@@ -58,6 +59,55 @@ pub struct ConfigSource {
     pub path: Option<PathBuf>,
     /// Command-line overrides, applied again on every reload.
     pub overrides: Overrides,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The generation now serving (unchanged by a dry run).
+    pub generation: u64,
+    /// Whether the new config was swapped in.
+    pub applied: bool,
+    /// The preflight's mode and verdict, when one ran.
+    pub preflight: Option<(PreflightMode, Verdict)>,
+}
+
+/// Why a reload was not applied.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file does not validate, needs a restart, or cannot be read.
+    Invalid(ConfigErrors),
+    /// `reload.preflight: enforce` and the preflight found it over budget, or could not run.
+    Refused(Verdict),
+}
+
+/// The reason of a refusal, on one line.
+pub fn refusal(verdict: &Verdict) -> String {
+    match (&verdict.error, verdict.problems.first()) {
+        (Some(e), _) => e.clone(),
+        (None, Some(first)) => format!("{} problem(s); the first: {first}", verdict.problems.len()),
+        (None, None) => "over budget".into(),
+    }
+}
+
+fn log_verdict(mode: PreflightMode, verdict: &Verdict, reload: &str) {
+    let elapsed_ms = verdict.elapsed.as_millis() as u64;
+    match verdict.within_budget {
+        Some(true) => tracing::info!(?mode, elapsed_ms, reload, "preflight: within budget"),
+        Some(false) => {
+            for p in &verdict.problems {
+                tracing::warn!(?mode, problem = %p, "preflight: over budget");
+            }
+            tracing::warn!(?mode, elapsed_ms, reload, problems = verdict.problems.len(), "preflight: over budget");
+        }
+        None => tracing::error!(
+            ?mode,
+            elapsed_ms,
+            reload,
+            error = verdict.error.as_deref().unwrap_or("?"),
+            "preflight could not run"
+        ),
+    }
 }
 
 /// Why a change was not applied.
@@ -147,25 +197,85 @@ impl Shared {
     /// Re-reads the config file (SIGHUP, `POST /api/v1/reload`); on any problem the old config stays, the
     /// problems are logged at ERROR and counted, and returned.
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let result = match &self.source.path {
-            None => Err(ConfigErrors::one(locci_core::ConfigError::at("", "no config file to reload (demo mode)"))),
-            Some(path) => {
-                let parsed = config_file::read_file(path, &self.source.overrides);
-                self.change(|_| parsed).map_err(|e| match e {
-                    ChangeError::Refused(errors) | ChangeError::Invalid(errors) => errors,
-                })
-            }
-        };
+        match self.reload_file(false) {
+            Ok(done) => Ok(done.generation),
+            Err(ReloadError::Invalid(errors)) => Err(errors),
+            Err(ReloadError::Refused(verdict)) => Err(ConfigErrors::one(locci_core::ConfigError::at(
+                "reload.preflight",
+                format!("refused by the preflight ({}): {}", verdict.outcome(), refusal(&verdict)),
+            ))),
+        }
+    }
+
+    /// Re-reads the config file and, when `reload.preflight` (of the config in force) asks or `dry_run` is set,
+    /// simulates the change first; `dry_run` applies nothing and counts nothing. A reload refused by an
+    /// enforced preflight keeps the old config and counts as a failed reload.
+    pub fn reload_file(&self, dry_run: bool) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.runtime.load_full();
+        let result = self.reload_locked(&old, dry_run);
+        if dry_run {
+            return result;
+        }
         self.metrics.reload(result.is_ok());
         match &result {
-            Ok(generation) => tracing::info!(generation, "config reloaded"),
-            Err(errors) => {
+            Ok(done) => {
+                if let Some((mode, verdict)) = &done.preflight {
+                    log_verdict(*mode, verdict, "applied");
+                }
+                tracing::info!(generation = done.generation, "config reloaded");
+            }
+            Err(ReloadError::Invalid(errors)) => {
                 for line in errors.lines() {
                     tracing::error!(problem = %line, "config reload refused, old config kept");
                 }
             }
+            Err(ReloadError::Refused(verdict)) => {
+                log_verdict(PreflightMode::Enforce, verdict, "refused");
+                tracing::error!(outcome = verdict.outcome(), "config reload refused by the preflight, old config kept");
+            }
         }
         result
+    }
+
+    fn reload_locked(&self, old: &Arc<Runtime>, dry_run: bool) -> Result<Reloaded, ReloadError> {
+        let Some(path) = &self.source.path else {
+            return Err(ReloadError::Invalid(ConfigErrors::one(locci_core::ConfigError::at(
+                "",
+                "no config file to reload (demo mode)",
+            ))));
+        };
+        let next = config_file::read_file(path, &self.source.overrides).map_err(ReloadError::Invalid)?;
+        let restart = locci_core::config::restart_needed(old.config(), &next);
+        if !restart.is_empty() {
+            return Err(ReloadError::Invalid(ConfigErrors(restart)));
+        }
+        let valid = config_file::validate_parsed(next.clone()).map_err(ReloadError::Invalid)?;
+        // The gate in force is the running config's: a change cannot switch off the check that judges it.
+        let gate = &old.config().reload;
+        let mode = if dry_run && gate.preflight == PreflightMode::Off { PreflightMode::Report } else { gate.preflight };
+        let preflight = (mode != PreflightMode::Off).then(|| {
+            let profile = old.traffic_profile(self.env.clock.unix_now().as_secs());
+            let verdict = crate::gate::run(gate, old.config(), &next, &profile, self.env.clock.as_ref());
+            let label = if dry_run {
+                "dry_run"
+            } else if mode == PreflightMode::Enforce {
+                "enforce"
+            } else {
+                "report"
+            };
+            self.metrics.preflight(label, verdict.outcome());
+            (mode, verdict)
+        });
+        if let Some((mode, verdict)) = &preflight
+            && verdict.refuses(*mode)
+        {
+            return Err(ReloadError::Refused(verdict.clone()));
+        }
+        if dry_run {
+            return Ok(Reloaded { generation: old.generation(), applied: false, preflight });
+        }
+        Ok(Reloaded { generation: self.swap(old, valid), applied: true, preflight })
     }
 
     fn swap(&self, old: &Runtime, valid: ValidConfig) -> u64 {

@@ -10,6 +10,7 @@ pub mod config_file;
 pub mod control;
 pub mod demo;
 pub mod explain;
+pub mod gate;
 pub mod logging;
 pub mod observe;
 pub mod server;

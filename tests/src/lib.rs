@@ -22,6 +22,21 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The seeded `locci-sim` (`just sim-build`): `$LOCCI_SIM`, else the simulator's target folder beside this
+/// build's (`<target>/sim/sim/locci-sim`).
+pub fn simulator() -> PathBuf {
+    let bin = match std::env::var_os("LOCCI_SIM") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("test exe path");
+            let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target dir");
+            target.join("sim").join("sim").join("locci-sim")
+        }
+    };
+    assert!(bin.exists(), "{} is missing: run `just sim-build` (just test does) first", bin.display());
+    bin
+}
+
 /// A free loopback address (bound and released).
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()

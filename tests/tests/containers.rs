@@ -41,6 +41,8 @@ fn image() -> bool {
         assert!(base.success(), "scripts/base-image failed");
         let ctx = tempfile::tempdir().unwrap();
         std::fs::copy(binary(), ctx.path().join("locci-proxy")).unwrap();
+        // The image ships the seeded simulator beside the proxy, for the reload gate.
+        std::fs::copy(simulator(), ctx.path().join("locci-sim")).unwrap();
         std::fs::copy(repo().join("docker/config.yaml"), ctx.path().join("config.yaml")).unwrap();
         let file = repo().join("docker/Dockerfile.runtime");
         docker_ok(&["build", "-q", "-t", IMAGE, "-f", file.to_str().unwrap(), ctx.path().to_str().unwrap()]);
@@ -295,4 +297,33 @@ fn a_restarted_proxy_container_comes_back_and_serves() {
         "did not come back:\n{}",
         stack.logs()
     );
+}
+
+#[test]
+fn the_reload_gate_runs_the_simulator_shipped_in_the_image() {
+    if !image() {
+        return;
+    }
+    // No `reload.simulator`: the gate finds /usr/local/bin/locci-sim beside the proxy.
+    let gated = |servers: &[usize]| config(servers) + "reload: { preflight: enforce, seeds: 1, timeout_secs: 120 }\n";
+    let stack = Stack::start("gate", &gated(&[1, 2, 3]));
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(150)).no_proxy().build().unwrap();
+    let reload = |query: &str| {
+        let url = format!("http://127.0.0.1:{}/api/v1/reload{query}", stack.control_port);
+        let resp = http.post(url).send().unwrap();
+        (resp.status().as_u16(), resp.json::<serde_json::Value>().unwrap())
+    };
+    // Down to one server: when it dies, nothing serves.
+    stack.write_config(&gated(&[3]));
+    let (status, body) = reload("");
+    assert_eq!(status, 422, "{body}\n{}", stack.logs());
+    assert_eq!(body["preflight"]["within_budget"], false, "{body}");
+    let problems = body["preflight"]["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p.as_str().unwrap().contains("/ one server dies: new: availability")), "{body}");
+    assert_eq!(stack.healthy(1), Some(true), "the old config is kept");
+
+    stack.write_config(&gated(&[1, 2, 3]));
+    let (status, body) = reload("?dry_run=true");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["preflight"]["within_budget"], true, "{body}");
 }

@@ -20,6 +20,13 @@ pub enum ApiError {
     Conflict(String),
     /// The reload found problems (old config kept): 422.
     ReloadFailed(ConfigErrors),
+    /// An enforced preflight refused the reload (old config kept): 422 with its verdict.
+    PreflightRefused {
+        /// Why, on one line.
+        reason: String,
+        /// The verdict as JSON.
+        verdict: serde_json::Value,
+    },
 }
 
 impl IntoResponse for ApiError {
@@ -38,6 +45,11 @@ impl IntoResponse for ApiError {
             ApiError::ReloadFailed(e) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 serde_json::json!({ "error": "reload failed, old config kept", "problems": e.lines() }),
+            ),
+            ApiError::PreflightRefused { reason, verdict } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({ "error": "reload refused by the preflight, old config kept",
+                    "problems": [reason], "preflight": verdict }),
             ),
         };
         (status, Json(body)).into_response()

@@ -7,12 +7,14 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use locci_core::config::{Config, Mode, RouteConfig, ServerEntry, UpstreamConfig, WeightedServer, redacted_json};
+use locci_core::config::{
+    Config, Mode, PreflightMode, RouteConfig, ServerEntry, UpstreamConfig, WeightedServer, redacted_json,
+};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::ApiError;
-use crate::app::{ChangeError, Shared};
+use crate::app::{ChangeError, ReloadError, Shared, refusal};
 
 type Api<T> = Result<T, ApiError>;
 
@@ -196,12 +198,33 @@ pub async fn delete_server(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn reload(State(shared): State<Arc<Shared>>) -> Api<Json<Value>> {
-    let generation = tokio::task::spawn_blocking(move || shared.reload())
+pub async fn reload(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Api<Json<Value>> {
+    let mut dry_run = false;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        dry_run = match (key.as_ref(), value.as_ref()) {
+            ("dry_run", "true" | "1") => true,
+            ("dry_run", "false" | "0") => false,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {key}={value} (known: dry_run=true|false)"
+                )));
+            }
+        };
+    }
+    let done = tokio::task::spawn_blocking(move || shared.reload_file(dry_run))
         .await
         .map_err(|_| ApiError::BadRequest("reload task failed".into()))?
-        .map_err(ApiError::ReloadFailed)?;
-    Ok(Json(json!({ "generation": generation })))
+        .map_err(|e| match e {
+            ReloadError::Invalid(errors) => ApiError::ReloadFailed(errors),
+            ReloadError::Refused(verdict) => ApiError::PreflightRefused {
+                reason: refusal(&verdict),
+                verdict: verdict.to_json(PreflightMode::Enforce),
+            },
+        })?;
+    let preflight = done.preflight.as_ref().map_or(Value::Null, |(mode, v)| v.to_json(*mode));
+    Ok(Json(
+        json!({ "generation": done.generation, "applied": done.applied, "dry_run": dry_run, "preflight": preflight }),
+    ))
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

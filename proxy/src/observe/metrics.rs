@@ -22,6 +22,7 @@ pub struct Metrics {
     ratelimit_rejected: IntCounterVec,
     auth_rejected: IntCounterVec,
     reloads: IntCounterVec,
+    preflights: IntCounterVec,
     fallbacks: IntCounterVec,
     client_rejected: IntCounterVec,
     upgraded: prometheus::IntGauge,
@@ -49,6 +50,11 @@ impl Metrics {
         let auth_rejected =
             counter("locci_auth_rejected_total", "Requests refused by authentication.", &["route", "reason"])?;
         let reloads = counter("locci_config_reloads_total", "Config reloads by result.", &["result"])?;
+        let preflights = counter(
+            "locci_reload_preflight_total",
+            "Reload preflights by mode and outcome (within_budget, over_budget, error).",
+            &["mode", "outcome"],
+        )?;
         let fallbacks = counter(
             "locci_ratelimit_fallback_total",
             "Rate-limit decisions made by on_error because the shared store did not answer in time.",
@@ -117,6 +123,7 @@ impl Metrics {
             ratelimit_rejected,
             auth_rejected,
             reloads,
+            preflights,
             fallbacks,
             client_rejected,
             upgraded,
@@ -183,6 +190,11 @@ impl Metrics {
     /// Counts a reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+    }
+
+    /// Counts a reload preflight (`mode`: report, enforce, or dry_run).
+    pub fn preflight(&self, mode: &str, outcome: &str) {
+        self.preflights.with_label_values(&[mode, outcome]).inc();
     }
 
     /// The exposition text, with health and in-flight gauges read from `runtime` at this moment (so the

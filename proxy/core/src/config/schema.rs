@@ -32,6 +32,66 @@ pub struct Config {
     /// The control API.
     #[serde(default)]
     pub control_api: ControlApiConfig,
+    /// What a reload checks before it applies (the preflight gate).
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// The `reload` section: a preflight simulation of each reload against budgets (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Whether a reload is simulated first, and what a verdict over budget does.
+    pub preflight: PreflightMode,
+    /// How long the preflight may run before it counts as failed.
+    pub timeout_secs: u64,
+    /// Seeds per simulated world.
+    pub seeds: u64,
+    /// What the change may cost.
+    pub budget: ReloadBudget,
+    /// The `locci-sim` binary; default: the one beside `locci-proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<String>,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            preflight: PreflightMode::Off,
+            timeout_secs: 120,
+            seeds: 4,
+            budget: ReloadBudget::default(),
+            simulator: None,
+        }
+    }
+}
+
+/// What a reload does with the preflight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreflightMode {
+    /// No preflight.
+    Off,
+    /// Run it, log and return the verdict, apply whatever it says.
+    Report,
+    /// Run it and refuse a reload over budget (or whose preflight could not run).
+    Enforce,
+}
+
+/// The budgets of the reload gate (`locci-sim preflight`'s `--max-availability-drop`, `--max-p99-increase`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadBudget {
+    /// Largest availability drop allowed, in percentage points.
+    pub max_availability_drop: f64,
+    /// Largest p99 increase allowed, in percent.
+    pub max_p99_increase: f64,
+}
+
+impl Default for ReloadBudget {
+    fn default() -> Self {
+        Self { max_availability_drop: 0.1, max_p99_increase: 25.0 }
+    }
 }
 
 /// What the proxy is.

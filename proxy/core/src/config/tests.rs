@@ -170,6 +170,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 load_balancer: Some(LoadBalancerConfig { upstream: "u".into() }),
                 api_gateway: Some(ApiGatewayConfig { routes, middlewares: MiddlewaresConfig::default() }),
                 control_api: ControlApiConfig::default(),
+                reload: ReloadConfig::default(),
             }
         },
     )

@@ -54,6 +54,7 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
     check_server(&config, &mut p);
     let client = ClientLimits::compile(&config.server.client, &mut |path, msg| p.add(path, msg));
     check_logging(&config, &mut p);
+    check_reload(&config, &mut p);
     let groups: Vec<GroupSpec> = config.upstreams.iter().filter_map(|(name, u)| group_spec(name, u, &mut p)).collect();
     let group_index = |name: &str| config.upstreams.get_index_of(name);
     let middlewares = match &config.api_gateway {
@@ -190,6 +191,26 @@ fn check_server(config: &Config, p: &mut Problems) {
     let c = &config.control_api;
     if c.enabled && c.bind_address.parse::<SocketAddr>().is_err() {
         p.add("control_api.bind_address", format!("{:?} is not ip:port", c.bind_address));
+    }
+}
+
+fn check_reload(config: &Config, p: &mut Problems) {
+    let r = &config.reload;
+    if !(1..=3600).contains(&r.timeout_secs) {
+        p.add("reload.timeout_secs", "must be between 1 and 3600");
+    }
+    if !(1..=64).contains(&r.seeds) {
+        p.add("reload.seeds", "must be between 1 and 64");
+    }
+    let b = &r.budget;
+    if !(b.max_availability_drop.is_finite() && (0.0..=100.0).contains(&b.max_availability_drop)) {
+        p.add("reload.budget.max_availability_drop", "must be between 0 and 100 (percentage points)");
+    }
+    if !(b.max_p99_increase.is_finite() && b.max_p99_increase >= 0.0) {
+        p.add("reload.budget.max_p99_increase", "must be 0 or more (percent)");
+    }
+    if r.simulator.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        p.add("reload.simulator", "must be a path to locci-sim (or left out: the one beside locci-proxy)");
     }
 }
 
