@@ -384,7 +384,8 @@ impl Shared {
         let slot = &self.logged[line.index()];
         let now = self.env.clock.unix_now().as_secs();
         let last = slot.load(Ordering::Relaxed);
-        (last == 0 || now >= last + secs)
+        // `now < last`: the wall clock stepped back; log rather than stay silent until it catches up.
+        (last == 0 || now >= last + secs || now < last)
             && slot.compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 }

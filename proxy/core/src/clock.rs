@@ -27,24 +27,44 @@ pub trait Entropy: Send + Sync + 'static {
 
 /// Production clock on tokio time, so that a paused or simulated runtime moves it too.
 ///
-/// Wall time is the wall time at construction plus the monotonic time elapsed since, which keeps the two
-/// consistent and lets a simulated runtime advance both.
+/// Monotonic time is tokio's. Wall time in production is the system's own, read each time, so a clock the
+/// system steps after start-up (NTP correcting a machine that booted with the wrong time) is followed: JWT
+/// `exp`/`nbf` are judged against the time the issuer uses, never against the start-up time plus uptime. The
+/// simulator anchors wall time at its epoch instead and advances it with simulated time.
 #[derive(Debug, Clone)]
 pub struct TokioClock {
     mono_anchor: tokio::time::Instant,
-    wall_anchor: Duration,
+    wall: Wall,
+}
+
+/// Where a [`TokioClock`] reads wall time.
+#[derive(Debug, Clone, Copy)]
+enum Wall {
+    /// The epoch given at construction plus the monotonic time since.
+    Anchored(Duration),
+    /// A function (the system clock in production; a steppable one in tests).
+    Source(fn() -> Duration),
+}
+
+fn system_wall() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 impl TokioClock {
-    /// A clock anchored at the current wall time.
+    /// A clock on the system's wall time.
     pub fn new() -> Self {
-        let wall_anchor = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Self::with_epoch(wall_anchor)
+        Self::with_wall_source(system_wall)
     }
 
-    /// A clock whose wall time starts at `wall_anchor` (the simulator passes its fixed epoch).
+    /// A clock whose wall time starts at `wall_anchor` and moves with tokio time (the simulator passes its
+    /// fixed epoch).
     pub fn with_epoch(wall_anchor: Duration) -> Self {
-        Self { mono_anchor: tokio::time::Instant::now(), wall_anchor }
+        Self { mono_anchor: tokio::time::Instant::now(), wall: Wall::Anchored(wall_anchor) }
+    }
+
+    /// A clock whose wall time is read from `source` each time.
+    pub fn with_wall_source(source: fn() -> Duration) -> Self {
+        Self { mono_anchor: tokio::time::Instant::now(), wall: Wall::Source(source) }
     }
 }
 
@@ -60,7 +80,10 @@ impl Clock for TokioClock {
     }
 
     fn unix_now(&self) -> Duration {
-        self.wall_anchor + self.mono_anchor.elapsed()
+        match self.wall {
+            Wall::Anchored(anchor) => anchor + self.mono_anchor.elapsed(),
+            Wall::Source(read) => read(),
+        }
     }
 }
 
@@ -158,6 +181,28 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         assert_eq!(clock.now() - t0, Duration::from_secs(5));
         assert_eq!(clock.unix_now() - w0, Duration::from_secs(5));
+    }
+
+    static WALL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_800_000_000);
+
+    fn stepped_wall() -> Duration {
+        Duration::from_secs(WALL.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    #[test]
+    fn the_production_clock_follows_a_stepped_wall_clock_and_its_monotonic_time_does_not() {
+        let clock = TokioClock::with_wall_source(stepped_wall);
+        let (t0, w0) = (clock.now(), clock.unix_now());
+        assert_eq!(w0, Duration::from_secs(1_800_000_000));
+        // NTP steps the system clock two hours forward, then five minutes back.
+        WALL.fetch_add(7200, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(clock.unix_now() - w0, Duration::from_secs(7200));
+        WALL.fetch_sub(300, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(clock.unix_now() - w0, Duration::from_secs(6900));
+        assert!(clock.now() - t0 < Duration::from_secs(60), "monotonic time did not jump");
+        let system = TokioClock::new().unix_now();
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(real.abs_diff(system) < Duration::from_secs(5), "the default reads the system clock");
     }
 
     #[test]
