@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locci_core::clock::{SeededEntropy, TokioClock};
+use locci_core::clock::SeededEntropy;
 use locci_proxy::config_file::{self, Overrides};
 use locci_proxy::{ConfigSource, Env, Proxy, Shared, build_proxy};
 use pingora_core::apps::ServerApp;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use turmoil::net::{TcpListener, TcpStream};
 
-use crate::net::{SimProber, SimSock, SimTransport};
+use crate::net::{SimClock, SimProber, SimSock, SimTransport};
 use crate::scenario::Capacity;
 use crate::trace::{Event, Trace, now_us, us};
 
@@ -225,6 +225,10 @@ pub struct ProxyHost {
     pub shared: Rc<RefCell<Option<Arc<Shared>>>>,
     /// The trace.
     pub trace: Trace,
+    /// Milliseconds the proxy's wall clock has been stepped by (`clock_jump`).
+    pub clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// Whether the world has a simulated Redis (otherwise shared stores never answer).
+    pub redis: bool,
 }
 
 /// Runs the proxy: the production `build_proxy()` fed by a turmoil accept loop, the production health
@@ -233,11 +237,11 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
     std::fs::write(&host.config_path, &host.config)?;
     let valid = config_file::load_file(&host.config_path, &Overrides::default()).map_err(|e| e.to_string())?;
     let env = Env {
-        clock: Arc::new(TokioClock::with_epoch(host.epoch)),
+        clock: Arc::new(SimClock::new(host.epoch, Arc::clone(&host.clock_offset_ms))),
         entropy: Arc::new(SeededEntropy::new(host.seed)),
         transport: Arc::new(SimTransport),
         prober: Arc::new(SimProber),
-        rate_stores: Arc::new(crate::net::DeadStores),
+        rate_stores: if host.redis { Arc::new(crate::net::SimRedisStores) } else { Arc::new(crate::net::DeadStores) },
     };
     let source = ConfigSource { path: Some(host.config_path.clone()), overrides: Overrides::default() };
     let Proxy { shared, app, health, .. } = build_proxy(valid, env, source).map_err(|e| e.to_string())?;
@@ -266,6 +270,56 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
         let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
         tokio::task::spawn_local(async move {
             app.process_new(Box::new(SimSock(stream).into_stream()), &shutdown).await;
+        });
+    }
+}
+
+/// The simulated Redis: reads `INTERVAL CAPACITY KEY\n`, takes the production script's GCRA step
+/// (`remote_step`) on its keys at its own clock, and answers `ADMITTED AHEAD\n` after its service time. The
+/// keys live in the host, so a restart loses them, as a Redis without persistence does.
+pub async fn redis(port: u16, latency: (Duration, Duration), seed: u64) -> turmoil::Result {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    let keys: Rc<RefCell<std::collections::BTreeMap<String, (u64, u64)>>> = Rc::default();
+    let rng = Rc::new(RefCell::new(ChaCha8Rng::seed_from_u64(seed)));
+    let start = tokio::time::Instant::now();
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let (keys, rng) = (Rc::clone(&keys), Rc::clone(&rng));
+        tokio::task::spawn_local(async move {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 512];
+            while !line.contains(&b'\n') && line.len() < 4096 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => line.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&line);
+            let mut parts = text.trim_end_matches('\n').splitn(3, ' ');
+            let (Some(Ok(interval)), Some(Ok(capacity)), Some(key)) =
+                (parts.next().map(str::parse::<u64>), parts.next().map(str::parse::<u64>), parts.next())
+            else {
+                return;
+            };
+            let now_us = start.elapsed().as_micros() as u64;
+            let step = {
+                let mut keys = keys.borrow_mut();
+                let stored = keys.get(key).filter(|(_, expires)| *expires > now_us).map(|(tat, _)| *tat);
+                let step = locci_core::middleware::remote_step(stored, now_us, interval, capacity);
+                if let Some((tat, ttl_ms)) = step.store {
+                    keys.insert(key.to_string(), (tat, now_us + ttl_ms * 1000));
+                }
+                if keys.len() > 100_000 {
+                    keys.retain(|_, (_, expires)| *expires > now_us);
+                }
+                step
+            };
+            let (lo, hi) = latency;
+            let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
+            tokio::time::sleep(wait).await;
+            let reply = format!("{} {}\n", u8::from(step.allowed), step.ahead_us);
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
         });
     }
 }

@@ -134,3 +134,86 @@ impl locci_proxy::server::rate_store::RateStores for DeadStores {
         Arc::new(DeadStores)
     }
 }
+
+/// The proxy's clock in the simulator: tokio's simulated time, with a wall clock that timeline
+/// `clock_jump` events step (as NTP steps a real one) while monotonic time runs on untouched.
+#[derive(Debug)]
+pub struct SimClock {
+    inner: locci_core::clock::TokioClock,
+    /// Milliseconds the wall clock has been stepped by, in total.
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl SimClock {
+    /// A clock whose wall time starts at `epoch`, stepped by what `offset_ms` holds.
+    pub fn new(epoch: Duration, offset_ms: Arc<std::sync::atomic::AtomicI64>) -> SimClock {
+        SimClock { inner: locci_core::clock::TokioClock::with_epoch(epoch), offset_ms }
+    }
+}
+
+impl locci_core::clock::Clock for SimClock {
+    fn now(&self) -> std::time::Instant {
+        self.inner.now()
+    }
+
+    fn unix_now(&self) -> Duration {
+        let wall = self.inner.unix_now();
+        let step = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let magnitude = Duration::from_millis(step.unsigned_abs());
+        if step >= 0 { wall + magnitude } else { wall.saturating_sub(magnitude) }
+    }
+}
+
+/// Shared rate-limit stores on the simulated Redis host: each `take` is one command over a new turmoil
+/// connection, bounded by the limit's timeout as production's is, so a partitioned, killed or slow Redis
+/// gives the same `Unavailable` (and the same `on_error` fallback) as a real one. Production keeps one
+/// multiplexed connection instead; the verdicts do not depend on it.
+#[derive(Debug, Clone, Copy)]
+pub struct SimRedisStores;
+
+impl locci_proxy::server::rate_store::RateStores for SimRedisStores {
+    fn store(&self, url: &str) -> Arc<dyn locci_proxy::server::rate_store::RateStore> {
+        Arc::new(SimRedisStore { addr: redis_addr(url) })
+    }
+}
+
+/// `redis://[user:password@]IP:PORT[/db]` to its address; `None` for anything else (then it never answers).
+fn redis_addr(url: &str) -> Option<std::net::SocketAddr> {
+    let rest = url.strip_prefix("redis://")?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split('/').next()?.parse().ok()
+}
+
+struct SimRedisStore {
+    addr: Option<std::net::SocketAddr>,
+}
+
+#[async_trait]
+impl locci_proxy::server::rate_store::RateStore for SimRedisStore {
+    async fn take(
+        &self,
+        key: &str,
+        settings: &locci_core::middleware::RateSettings,
+    ) -> locci_core::middleware::StoreReply {
+        use locci_core::middleware::{StoreAnswer, StoreReply};
+        let (Some(remote), Some(addr)) = (&settings.remote, self.addr) else { return StoreReply::Unavailable };
+        let (interval_us, capacity_us) = locci_proxy::server::rate_store::script_args(settings);
+        let command = format!("{interval_us} {capacity_us} {key}\n");
+        let exchange = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut stream, command.as_bytes()).await?;
+            let mut reply = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await?;
+            io::Result::Ok(reply)
+        };
+        let Ok(Ok(reply)) = tokio::time::timeout(remote.timeout, exchange).await else {
+            return StoreReply::Unavailable;
+        };
+        match reply.trim().split_once(' ').map(|(a, b)| (a.parse::<u8>(), b.parse::<u64>())) {
+            Some((Ok(admitted), Ok(ahead_us))) => {
+                StoreReply::Answer(StoreAnswer { allowed: admitted == 1, ahead_ns: ahead_us * 1000 })
+            }
+            _ => StoreReply::Unavailable,
+        }
+    }
+}

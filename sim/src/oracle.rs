@@ -34,6 +34,8 @@ pub struct Request {
     pub done_us: u64,
     /// Method.
     pub method: String,
+    /// Path, as the client sent it.
+    pub path: String,
     /// The statuses its class may get.
     pub expect: Vec<u16>,
     /// Where the upstream must receive it, when its class says.
@@ -52,7 +54,7 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
     let mut out = BTreeMap::new();
     for e in events {
         match e {
-            Event::Issued { t_us, id, key, method, expect, upstream_path, .. } => {
+            Event::Issued { t_us, id, key, method, path, expect, upstream_path } => {
                 out.insert(
                     *id,
                     Request {
@@ -62,6 +64,7 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
                         latency_us: 0,
                         done_us: u64::MAX,
                         method: method.clone(),
+                        path: path.clone(),
                         expect: expect.clone(),
                         upstream_path: upstream_path.clone(),
                     },
@@ -101,7 +104,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
                 let window = (us(a.from), a.to.map_or(load_end, us));
                 availability(&reqs, window, a.min)
             }
-            Invariant::RateLimit(r) => rate_limit(&reqs, &r.key, r.rpm / 60.0, r.burst, r.others_unlimited, s),
+            Invariant::RateLimit(r) => rate_limit(&reqs, r, s),
             Invariant::NoFailures(w) => no_failures(&reqs, (us(w.from), w.to.map_or(load_end, us))),
             Invariant::Converge(c) => converge(events, &reqs, us(c.after + c.within), load_end),
             Invariant::AllAnswered(_) => all_answered(&reqs, us(end)),
@@ -113,7 +116,9 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             Invariant::AttackersCutOff(c) => attackers_cut_off(events, us(c.within)),
             Invariant::AtMostOnce(_) => at_most_once(events, &reqs),
             Invariant::UpstreamPaths(_) => upstream_paths(events, &reqs),
-            Invariant::Statuses(st) => statuses(&reqs, (us(st.from), st.to.map_or(load_end, us)), &st.allowed),
+            Invariant::Statuses(st) => {
+                statuses(&reqs, (us(st.from), st.to.map_or(load_end, us)), &st.allowed, st.path.as_deref())
+            }
             Invariant::UpstreamInFlight(b) => {
                 let hosts = if s.hosts().contains(&b.target) { vec![b.target.clone()] } else { s.group_of(&b.target) };
                 upstream_in_flight(events, &hosts, b.max)
@@ -219,14 +224,12 @@ fn availability(reqs: &BTreeMap<u64, Request>, (from, to): (u64, u64), min: f64)
     )
 }
 
-fn rate_limit(
-    reqs: &BTreeMap<u64, Request>,
-    key: &str,
-    rate: f64,
-    burst: f64,
-    others_unlimited: bool,
-    s: &Scenario,
-) -> Verdict {
+fn rate_limit(all: &BTreeMap<u64, Request>, bound: &crate::scenario::RateLimitBound, s: &Scenario) -> Verdict {
+    let (key, rate, burst, others_unlimited) =
+        (bound.key.as_str(), bound.rpm / 60.0, bound.burst, bound.others_unlimited);
+    let (from, to) = (us(bound.from), bound.to.map_or(u64::MAX, us));
+    let reqs: BTreeMap<u64, &Request> =
+        all.iter().filter(|(_, r)| (from..to).contains(&r.t_us)).map(|(id, r)| (*id, r)).collect();
     // Admissions are timed at the client's send; the proxy decides up to one link-latency spread later,
     // so the window is widened by that spread.
     let slack = (s.sim.link_latency.max - s.sim.link_latency.min).as_secs_f64();
@@ -432,17 +435,19 @@ fn upstream_paths(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
     )
 }
 
-fn statuses(reqs: &BTreeMap<u64, Request>, (from, to): (u64, u64), allowed: &[u16]) -> Verdict {
-    let window: Vec<&Request> = reqs.values().filter(|r| r.t_us >= from && r.t_us < to).collect();
+fn statuses(reqs: &BTreeMap<u64, Request>, (from, to): (u64, u64), allowed: &[u16], path: Option<&str>) -> Verdict {
+    let window: Vec<&Request> =
+        reqs.values().filter(|r| r.t_us >= from && r.t_us < to && path.is_none_or(|p| r.path == p)).collect();
     let off: Vec<&Request> =
         window.iter().copied().filter(|r| !r.status.is_some_and(|s| allowed.contains(&s))).collect();
     verdict(
         "statuses",
         !window.is_empty() && off.is_empty(),
         format!(
-            "{} of {} answer(s) in [{}, {}) outside {allowed:?}{}",
+            "{} of {} answer(s){} in [{}, {}) outside {allowed:?}{}",
             off.len(),
             window.len(),
+            path.map_or(String::new(), |p| format!(" to {p}")),
             fmt_us(from),
             fmt_us(to),
             off.first().map_or(String::new(), |r| format!(" (first: {:?})", r.status))

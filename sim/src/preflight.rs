@@ -228,9 +228,12 @@ fn world_config(text: &str, hosts: &[Host], notes: &mut Vec<String>) -> Result<S
         && let Some(Yaml::Mapping(rl)) = mw.get_mut("rate_limiting")
         && rl.get("backend").and_then(Yaml::as_str) == Some("redis")
     {
-        notes.push("a shared (Redis) rate limit is simulated as the proxy's own memory limit".into());
-        rl.insert("backend".into(), "memory".into());
-        rl.remove("redis");
+        // The shared limit runs on the simulated Redis (the production script's step); its URL, and any
+        // password in it, is replaced by the simulated host's.
+        notes.push("a shared (Redis) rate limit runs on the simulated Redis".into());
+        if let Some(Yaml::Mapping(redis)) = rl.get_mut("redis") {
+            redis.insert("url".into(), "redis://${redis}:6379".into());
+        }
     }
     serde_yaml_ng::to_string(&tree).map_err(|e| e.to_string())
 }
@@ -445,7 +448,7 @@ pub fn scenario(setup: &Setup, fault: &Fault, arm: Arm, capacity: Option<usize>)
     if arm == Arm::Reload {
         timeline.push(json!({"at": format!("{}ms", RELOAD_AT.as_millis()), "reload": {"config": setup.new}}));
     }
-    let s = json!({
+    let mut s = json!({
         "name": format!("preflight {} {:?}", fault.name, arm),
         "sim": {"duration": format!("{}s", DURATION.as_secs()), "tick": "1ms", "link_latency": {"min": "1ms", "max": "2ms"}},
         "proxy": {"config": config},
@@ -453,6 +456,9 @@ pub fn scenario(setup: &Setup, fault: &Fault, arm: Arm, capacity: Option<usize>)
         "load": {"rate": total.clamp(1.0, crate::scenario::MAX_SIM_RATE), "arrival": "poisson", "timeout": "10s", "requests": requests},
         "timeline": timeline,
     });
+    if [&setup.old, &setup.new].iter().any(|c| c.contains("${redis}")) {
+        s["redis"] = json!({});
+    }
     let text = serde_yaml_ng::to_string(&s).map_err(|e| e.to_string())?;
     Scenario::parse(&text)
         .map_err(|p| format!("internal: the preflight world is not a valid scenario: {}", p.join("; ")))

@@ -35,6 +35,8 @@ pub enum Action {
     Link(String, PartitionMode, bool),
     /// Reload the proxy with this config (host names not yet replaced).
     Reload(String),
+    /// Step the proxy's wall clock by this many milliseconds.
+    ClockJump(i64),
     /// Heal everything (swarm liveness phase).
     HealAll,
 }
@@ -135,6 +137,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                 }
             }
             Fault::Reload(r) => add(at, Action::Reload(r.config.clone())),
+            Fault::ClockJump(j) => add(at, Action::ClockJump(j.by)),
             Fault::Storm(x) => out.storms.push(StormPlan {
                 header: x.key_header.clone(),
                 key: x.key.clone(),
@@ -192,6 +195,7 @@ fn name(f: &Fault) -> &'static str {
         Fault::Slowloris(_) => "slowloris",
         Fault::Flood(_) => "flood",
         Fault::Abort(_) => "abort",
+        Fault::ClockJump(_) => "clock_jump",
     }
 }
 
@@ -299,6 +303,11 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
             behaviours.insert(host, (live, normal));
         }
     }
+    if let Some(redis) = s.redis {
+        let (port, latency, redis_seed) = (redis.port, (redis.latency.min, redis.latency.max), seed ^ fnv("redis"));
+        sim.host("redis", move || hosts::redis(port, latency, redis_seed));
+        names.insert(format!("{}:{}", sim.lookup("redis"), redis.port), "redis".into());
+    }
     let substitute = |text: &str| {
         let mut out = text.to_string();
         for (addr, host) in &names {
@@ -310,6 +319,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let (commands, rx) = mpsc::unbounded_channel();
     let shared_slot = Rc::new(RefCell::new(None));
+    let clock_offset_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let proxy_host = Rc::new(ProxyHost {
         config: substitute(&s.proxy.config),
         config_path: dir.path().join("locci.yaml"),
@@ -318,6 +328,8 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
         commands: Rc::new(RefCell::new(Some(rx))),
         shared: Rc::clone(&shared_slot),
         trace: trace.clone(),
+        clock_offset_ms: Arc::clone(&clock_offset_ms),
+        redis: s.redis.is_some(),
     });
     sim.host("proxy", move || hosts::proxy(Rc::clone(&proxy_host)));
     sim.client("client", hosts::client(plan, s.load.timeout, trace.clone()));
@@ -361,6 +373,9 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
                 }
                 Action::Reload(text) => {
                     let _ = commands.send(Command::Reload(substitute(&text)));
+                }
+                Action::ClockJump(ms) => {
+                    clock_offset_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
                 }
                 Action::HealAll => {
                     for h in std::mem::take(&mut crashed) {
@@ -447,6 +462,7 @@ fn describe(a: &Action) -> String {
         Action::Hang(h, on) => format!("hang {h} {}", if *on { "on" } else { "over" }),
         Action::Link(h, m, on) => format!("partition proxy-{h} {m:?} {}", if *on { "on" } else { "repaired" }),
         Action::Reload(_) => "reload".into(),
+        Action::ClockJump(ms) => format!("clock jump {ms:+} ms"),
         Action::HealAll => "heal all".into(),
     }
 }

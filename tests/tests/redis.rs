@@ -1,6 +1,7 @@
 //! Cluster-wide rate limits on a real redis-server (Debian's, started by the test on a free loopback port):
 //! two proxies share one bucket, keys are independent, a dead Redis applies `on_error` at once and recovery
-//! resumes shared limiting, bad URLs are refused at load.
+//! resumes shared limiting, bad URLs are refused at load; and the production Lua script, the Rust step the
+//! simulated Redis takes and the proxy's own bucket decide alike on one arrival sequence.
 // The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
 
@@ -155,4 +156,60 @@ fn a_malformed_url_is_a_config_error_and_an_unreachable_one_falls_back() {
         assert_eq!(status(&proxy, "k"), 200);
     }
     assert!(!proxy.logs().contains("panicked"));
+}
+
+#[test]
+fn the_lua_script_the_simulated_redis_step_and_the_local_bucket_decide_alike() {
+    use locci_core::config::RateLimitConfig;
+    use locci_core::middleware::{RateLimiter, RateSettings, StoreAnswer, remote_step};
+    use locci_proxy::server::rate_store::{gcra_script, script_args};
+
+    let redis = Redis::start_on(free_addr());
+    let mut conn = redis::Client::open(format!("redis://{}", redis.addr)).unwrap().get_connection().unwrap();
+    // The production script with only its clock line changed: `now` comes from ARGV[3], so one arrival
+    // sequence in microseconds can be fed to it. Everything after that line is the production text.
+    let script = redis::Script::new(&gcra_script("local now = tonumber(ARGV[3])"));
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below.max(1)
+    };
+    // Intervals of 100 ms and more: Redis expires a key on its real clock after at least one interval, and this
+    // test moves its own clock much faster than that, so a key never expires while the sequence still needs it.
+    for (rpm, burst) in [(60u32, 1u32), (600, 10), (120, 5), (300, 20)] {
+        let c = RateLimitConfig {
+            requests_per_minute: rpm,
+            burst_size: Some(burst),
+            key_header: Some("X-Api-Key".into()),
+            backend: Default::default(),
+            redis: None,
+        };
+        let settings = RateSettings::compile(&c, "rl", &mut |p, m| panic!("{p}: {m}")).unwrap();
+        let (interval_us, capacity_us) = script_args(&settings);
+        let epoch = Instant::now();
+        let bucket = RateLimiter::new(settings.clone(), epoch);
+        let key = format!("equivalence:{rpm}:{burst}");
+        let (mut stored, mut now_us, mut seen) = (None::<(u64, u64)>, 1_700_000_000_000_000u64, [0usize; 2]);
+        let start_us = now_us;
+        for i in 0..400 {
+            // Mostly bursts (gaps well under an interval), sometimes long pauses that refill the bucket.
+            let gap = if random(20) > 0 { random(interval_us / 10) } else { random(3 * capacity_us) };
+            now_us += gap;
+            let (admitted, ahead_us): (i64, i64) =
+                script.key(&key).arg(interval_us).arg(capacity_us).arg(now_us).invoke(&mut conn).unwrap();
+            let live = stored.filter(|(_, expires)| *expires > now_us).map(|(tat, _)| tat);
+            let step = remote_step(live, now_us, interval_us, capacity_us);
+            if let Some((tat, ttl_ms)) = step.store {
+                stored = Some((tat, now_us + ttl_ms * 1000));
+            }
+            assert_eq!((admitted == 1, ahead_us as u64), (step.allowed, step.ahead_us), "{key}, arrival {i}");
+            let lua = settings.decision(StoreAnswer { allowed: admitted == 1, ahead_ns: ahead_us as u64 * 1000 });
+            let local = bucket.check_key(&key, epoch + Duration::from_micros(now_us - start_us));
+            assert_eq!(lua, local, "{key}, arrival {i}: the Lua verdict and the local bucket's differ");
+            seen[usize::from(lua.allowed)] += 1;
+        }
+        assert!(seen[0] > 20 && seen[1] > 20, "{key}: the sequence must admit and refuse (admitted/refused {seen:?})");
+    }
 }

@@ -13,13 +13,12 @@ use async_trait::async_trait;
 use locci_core::middleware::{RateSettings, StoreAnswer, StoreReply};
 use redis::aio::ConnectionManager;
 
-/// One GCRA step, atomic in Redis, on Redis's own clock so that every proxy of a fleet agrees on time.
-/// KEYS[1] the bucket; ARGV[1] the emission interval and ARGV[2] the capacity, both in microseconds.
-/// Returns {admitted (1/0), microseconds the theoretical arrival time is ahead of now}. The key expires
-/// when the bucket would be full again, so idle keys disappear.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+/// One GCRA step, atomic in Redis. KEYS[1] the bucket; ARGV[1] the emission interval and ARGV[2] the
+/// capacity, both in microseconds; `now` (microseconds) is set by the line before it ([`NOW_FROM_REDIS`] in
+/// production). Returns {admitted (1/0), microseconds the theoretical arrival time is ahead of now}. The key
+/// expires when the bucket would be full again, so idle keys disappear. `locci_core::middleware::remote_step`
+/// is the same step in Rust (the simulated Redis runs it; an end-to-end test holds the two to each other).
+pub const GCRA_STEP: &str = r"
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -31,6 +30,19 @@ local new = start + interval
 redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000) + 1)
 return {1, new - now}
 ";
+
+/// Production's `now`: Redis's own clock, so that every proxy of a fleet agrees on time.
+pub const NOW_FROM_REDIS: &str = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000000 + tonumber(t[2])";
+
+/// The script with `now` set by `now_line` (Lua that defines the local `now`).
+pub fn gcra_script(now_line: &str) -> String {
+    format!("{now_line}\n{GCRA_STEP}")
+}
+
+/// The script's ARGV for a bucket: the emission interval and the capacity, in microseconds.
+pub fn script_args(settings: &RateSettings) -> (u64, u64) {
+    (settings.interval.as_micros().max(1) as u64, settings.capacity_ns() / 1000)
+}
 
 /// Where shared buckets are kept.
 #[async_trait]
@@ -90,7 +102,7 @@ impl RedisStore {
             conn: Arc::new(ArcSwapOption::empty()),
             connecting: Arc::new(AtomicBool::new(false)),
             connected: Arc::new(tokio::sync::Notify::new()),
-            script: redis::Script::new(GCRA),
+            script: redis::Script::new(&gcra_script(NOW_FROM_REDIS)),
         }
     }
 
@@ -156,8 +168,7 @@ impl RateStore for RedisStore {
         };
         let remaining = remote.timeout.saturating_sub(started.elapsed());
         let mut conn = (*manager).clone();
-        let interval_us = settings.interval.as_micros().max(1) as u64;
-        let capacity_us = settings.capacity_ns() / 1000;
+        let (interval_us, capacity_us) = script_args(settings);
         let mut invocation = self.script.key(key);
         invocation.arg(interval_us).arg(capacity_us);
         let call = invocation.invoke_async::<(i64, i64)>(&mut conn);

@@ -32,6 +32,10 @@ pub struct Scenario {
     pub proxy: ProxySettings,
     /// Simulated upstream hosts.
     pub upstreams: Vec<UpstreamSpec>,
+    /// A simulated Redis host named `redis` (`${redis}` in the config), for `backend: redis`; absent: a store
+    /// that never answers.
+    #[serde(default)]
+    pub redis: Option<RedisSpec>,
     /// The load.
     pub load: LoadSpec,
     /// Faults, at absolute simulated times.
@@ -113,6 +117,26 @@ pub struct UpstreamSpec {
     /// The share of requests each host answers with 500, drawn per request from the seed (0 to 1).
     #[serde(default)]
     pub error_rate: f64,
+}
+
+/// The simulated Redis: one host that takes the same GCRA step as the production Lua script, on its own
+/// clock, and loses its keys when it restarts.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// Port it listens on.
+    #[serde(default = "redis_port")]
+    pub port: u16,
+    /// Service time per command.
+    #[serde(default = "redis_latency")]
+    pub latency: LatencyRange,
+}
+
+fn redis_port() -> u16 {
+    6379
+}
+fn redis_latency() -> LatencyRange {
+    LatencyRange { min: Duration::from_micros(100), max: Duration::from_micros(500) }
 }
 
 /// A host's capacity: `concurrent` requests in service, `queue` more waiting in arrival order; a request
@@ -358,6 +382,28 @@ pub enum Fault {
     Flood(Attack),
     /// Clients that send a whole request and go away before the answer, at a rate.
     Abort(Abort),
+    /// Step the proxy's wall clock (NTP correcting it): `by: +20m` or `by: -5m`; monotonic time is untouched.
+    ClockJump(ClockJump),
+}
+
+/// `clock_jump`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockJump {
+    /// Signed step, in milliseconds (written `+20m`, `-90s`).
+    #[serde(deserialize_with = "signed_duration_ms")]
+    pub by: i64,
+}
+
+fn signed_duration_ms<'de, D: Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    let text = String::deserialize(de)?;
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(&text)),
+    };
+    let d = humantime::parse_duration(rest)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a signed duration: {e}")))?;
+    i64::try_from(d.as_millis()).map(|ms| sign * ms).map_err(|_| serde::de::Error::custom("clock step too large"))
 }
 
 /// `abort`: from the attacker host, beside the ordinary load.
@@ -675,6 +721,9 @@ pub struct SlowStart {
 pub struct Statuses {
     /// The statuses allowed.
     pub allowed: Vec<u16>,
+    /// Only requests to this path, as the client sends it (default: every request).
+    #[serde(default)]
+    pub path: Option<String>,
     /// Start.
     #[serde(default, deserialize_with = "duration")]
     pub from: Duration,
@@ -760,6 +809,12 @@ pub struct RateLimitBound {
     /// Keys other than `key` must never get 429.
     #[serde(default)]
     pub others_unlimited: bool,
+    /// Only requests issued from here (default: the start).
+    #[serde(default, deserialize_with = "duration")]
+    pub from: Duration,
+    /// Only requests issued before this (default: the end of the run).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub to: Option<Duration>,
 }
 
 /// A time window.
@@ -888,9 +943,15 @@ impl Scenario {
         if hosts.len() != self.hosts().len() {
             p.push("upstreams: two hosts have the same name".into());
         }
-        if hosts.contains("proxy") || hosts.contains("client") || hosts.contains("attacker") {
-            p.push("upstreams: \"proxy\", \"client\" and \"attacker\" are taken".into());
+        if hosts.contains("proxy") || hosts.contains("client") || hosts.contains("attacker") || hosts.contains("redis")
+        {
+            p.push("upstreams: \"proxy\", \"client\", \"attacker\" and \"redis\" are taken".into());
         }
+        if self.redis.is_some_and(|r| r.latency.min > r.latency.max) {
+            p.push("redis.latency: min is above max".into());
+        }
+        // The simulated Redis is a host faults can name like any other.
+        let hosts: BTreeSet<String> = hosts.into_iter().chain(self.redis.map(|_| "redis".to_string())).collect();
         for (i, u) in self.upstreams.iter().enumerate() {
             if u.replicas == 0 || u.replicas > 64 {
                 p.push(format!("upstreams[{i}].replicas: must be 1 to 64"));
@@ -945,7 +1006,7 @@ impl Scenario {
                 Fault::Hang(s) => Some(&s.target),
                 Fault::Partition(s) => Some(&s.target),
                 Fault::Flap(s) => Some(&s.target),
-                Fault::Reload(_) => None,
+                Fault::Reload(_) | Fault::ClockJump(_) => None,
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {
                         p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));

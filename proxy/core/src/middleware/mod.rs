@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 pub use auth::{AuthReject, Authenticator};
 pub use cors::{Cors, CorsDecision};
 pub use rate_limit::{
-    Decision as RateDecision, MAX_KEY_LEN, MAX_KEYS, RateLimiter, RateSettings, RemoteSettings, StoreAnswer,
+    Decision as RateDecision, MAX_KEY_LEN, MAX_KEYS, RateLimiter, RateSettings, RemoteSettings, RemoteStep,
+    StoreAnswer, remote_step,
 };
 
 use crate::config::MiddlewaresConfig;

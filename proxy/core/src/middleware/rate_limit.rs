@@ -199,6 +199,29 @@ impl RateSettings {
     }
 }
 
+/// One GCRA step as the shared store's script takes it (`server::rate_store`'s Lua), in microseconds on the
+/// store's clock; the simulated Redis runs this, and an end-to-end test holds it to the script's verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteStep {
+    /// The request may pass.
+    pub allowed: bool,
+    /// How far the bucket's theoretical arrival time is ahead of now, in microseconds.
+    pub ahead_us: u64,
+    /// What the key holds afterwards and for how many milliseconds (`None`: left as it was).
+    pub store: Option<(u64, u64)>,
+}
+
+/// The step: `stored` is the key's value (`None` when absent or expired), `now_us` the store's clock.
+pub fn remote_step(stored: Option<u64>, now_us: u64, interval_us: u64, capacity_us: u64) -> RemoteStep {
+    let start = stored.unwrap_or(now_us).max(now_us);
+    // Signed, as Lua's numbers are: a capacity below one interval refuses everything.
+    if i128::from(start - now_us) > i128::from(capacity_us) - i128::from(interval_us) {
+        return RemoteStep { allowed: false, ahead_us: start - now_us, store: None };
+    }
+    let new = start + interval_us;
+    RemoteStep { allowed: true, ahead_us: new - now_us, store: Some((new, (new - now_us).div_ceil(1000) + 1)) }
+}
+
 /// The verdict on one request, with what the RateLimit headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

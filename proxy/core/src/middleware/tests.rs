@@ -29,6 +29,36 @@ fn exactly_the_burst_is_admitted_at_once() {
     assert_eq!((refused.allowed, refused.remaining, refused.retry_after_secs), (false, 0, 1));
 }
 
+proptest! {
+    /// The shared store's step (what the Redis script and the simulated Redis take) decides as the proxy's own
+    /// bucket does, on any arrival sequence, with the key's expiry honoured.
+    #[test]
+    fn the_store_step_decides_as_the_local_bucket(
+        // Rates whose interval is whole microseconds, the store's unit (others are truncated to it).
+        rpm in proptest::sample::select(vec![1u32, 3, 16, 60, 64, 75, 120, 600, 960, 1000, 2400, 6000]),
+        burst in 1u32..=50,
+        gaps_us in proptest::collection::vec(0u64..3_000_000, 1..200),
+    ) {
+        let s = settings(rpm, burst);
+        let (interval_us, capacity_us) = (s.interval.as_micros() as u64, s.capacity_ns() / 1000);
+        prop_assert_eq!(s.interval.as_nanos() % 1000, 0);
+        let clock = ManualClock::default();
+        let rl = RateLimiter::new(s.clone(), clock.now());
+        let (mut stored, mut now_us) = (None::<(u64, u64)>, 0u64);
+        for gap in gaps_us {
+            now_us += gap;
+            clock.advance(Duration::from_micros(gap));
+            let live = stored.filter(|(_, expires)| *expires > now_us).map(|(tat, _)| tat);
+            let step = remote_step(live, now_us, interval_us, capacity_us);
+            if let Some((tat, ttl_ms)) = step.store {
+                stored = Some((tat, now_us + ttl_ms * 1000));
+            }
+            let remote = s.decision(StoreAnswer { allowed: step.allowed, ahead_ns: step.ahead_us * 1000 });
+            prop_assert_eq!(remote, rl.check_key("k", clock.now()), "at {} us", now_us);
+        }
+    }
+}
+
 #[test]
 fn refill_is_exact_over_a_simulated_minute() {
     // 120 per minute with burst 1: one token every 500 ms, so 120 admissions in 60 s of 100 ms steps.
