@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::net::{SimClock, SimProber, SimSock, SimTransport};
-use crate::scenario::Capacity;
+use crate::scenario::{Capacity, WireKind};
 use crate::trace::{Event, Trace, now_us, us};
 
 /// The port the proxy listens on inside the simulation.
@@ -38,7 +38,12 @@ pub struct Behaviour {
     pub hang: bool,
     /// The share of requests answered 500 (a steady error rate, as a traffic profile measured it).
     pub error_rate: f64,
+    /// How its answers go wrong on the wire, if they do (with the trickle interval).
+    pub wire: Option<(WireKind, Duration)>,
 }
+
+/// The body a host sends while a wire fault is on: long enough that "halfway through it" is many bytes.
+const WIRE_BODY: usize = 4096;
 
 /// A behaviour shared between the driver and the host (one thread: Rc + RefCell).
 pub type Live<T> = Rc<RefCell<T>>;
@@ -136,21 +141,60 @@ async fn serve_one(
         let wait = if hi > lo { rng.borrow_mut().random_range(lo..=hi) } else { lo };
         tokio::time::sleep(wait).await;
     }
-    let body = format!("{{\"server\":\"{name}\"}}");
-    let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let wire = b.wire.filter(|_| !health);
+    let mut body = format!("{{\"server\":\"{name}\"}}");
+    if wire.is_some() {
+        body = format!("{{\"server\":\"{name}\",\"pad\":\"{}\"}}", "x".repeat(WIRE_BODY));
+    }
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let written = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.flush().await
-    }
-    .await;
+    let written = write_answer(&mut stream, head.as_bytes(), body.as_bytes(), wire).await;
     if !health {
         // Answered (or the connection broke while answering): the request no longer holds the server.
         trace.push(Event::Served { t_us: now_us(), host: name.to_string(), id: id.unwrap_or(u64::MAX), status });
     }
     written
+}
+
+/// Writes an answer, or gets it wrong on the wire as the fault in force says.
+async fn write_answer(
+    stream: &mut TcpStream,
+    head: &[u8],
+    body: &[u8],
+    wire: Option<(WireKind, Duration)>,
+) -> std::io::Result<()> {
+    match wire {
+        None => {
+            stream.write_all(head).await?;
+            stream.write_all(body).await?;
+        }
+        // turmoil has no RST: a close where none may come is what the proxy sees of a reset.
+        Some((WireKind::Reset, _)) => stream.write_all(&head[..head.len() / 2]).await?,
+        Some((WireKind::ShortBody, _)) => {
+            stream.write_all(head).await?;
+            stream.write_all(&body[..body.len() / 2]).await?;
+        }
+        Some((WireKind::Trickle, interval)) => {
+            for byte in head {
+                stream.write_all(std::slice::from_ref(byte)).await?;
+                stream.flush().await?;
+                tokio::time::sleep(interval).await;
+            }
+            stream.write_all(body).await?;
+        }
+        Some((WireKind::Stall, _)) => {
+            stream.write_all(head).await?;
+            stream.write_all(&body[..body.len() / 2]).await?;
+            stream.flush().await?;
+            // Held open and silent until the proxy gives up and closes its side.
+            let mut buf = [0u8; 64];
+            while stream.read(&mut buf).await? > 0 {}
+            return Ok(());
+        }
+    }
+    stream.flush().await
 }
 
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -374,14 +418,16 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
     let result = tokio::time::timeout(timeout, exchange(&req)).await;
     let latency_us = us(sent.elapsed());
     let event = match result {
-        Ok(Ok(status)) => Event::Answered { t_us: now_us(), id: req.id, status, latency_us },
+        Ok(Ok((status, true))) => Event::Answered { t_us: now_us(), id: req.id, status, latency_us },
+        Ok(Ok((status, false))) => Event::Truncated { t_us: now_us(), id: req.id, status, latency_us },
         Ok(Err(e)) => Event::Failed { t_us: now_us(), id: req.id, kind: format!("{:?}", e.kind()), latency_us },
         Err(_) => Event::Failed { t_us: now_us(), id: req.id, kind: "client_timeout".into(), latency_us },
     };
     trace.push(event);
 }
 
-async fn exchange(req: &Planned) -> std::io::Result<u16> {
+/// The status of the answer, and whether its body arrived whole.
+async fn exchange(req: &Planned) -> std::io::Result<(u16, bool)> {
     let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
     let mut key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
     for (name, value) in &req.headers {
@@ -399,11 +445,32 @@ async fn exchange(req: &Planned) -> std::io::Result<u16> {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     let line = response.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    std::str::from_utf8(line)
+    let status = std::str::from_utf8(line)
         .ok()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))?;
+    Ok((status, whole(&response)))
+}
+
+/// Whether a response read to the connection's end holds the whole body its head declares (by
+/// Content-Length or chunked framing; a body delimited by the close is whole by definition).
+fn whole(response: &[u8]) -> bool {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let (head, body) = (String::from_utf8_lossy(&response[..end]), &response[end + 4..]);
+    let header = |name: &str| {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        body.ends_with(b"0\r\n\r\n")
+    } else if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.len() >= length
+    } else {
+        true
+    }
 }
 
 /// What an attacker connection does.

@@ -75,7 +75,7 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
                     (r.status, r.latency_us, r.done_us) = (Some(*status), *latency_us, *t_us);
                 }
             }
-            Event::Failed { t_us, id, latency_us, .. } => {
+            Event::Failed { t_us, id, latency_us, .. } | Event::Truncated { t_us, id, latency_us, .. } => {
                 if let Some(r) = out.get_mut(id) {
                     (r.latency_us, r.done_us) = (*latency_us, *t_us);
                 }
@@ -658,7 +658,10 @@ fn metrics_match(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
     let mut deliveries: BTreeMap<u64, u64> = BTreeMap::new();
     for e in events {
         match e {
-            Event::Answered { status, .. } => *answered.entry(*status).or_insert(0) += 1,
+            // The proxy counts a request by the status it sent, whether or not the body got through whole.
+            Event::Answered { status, .. } | Event::Truncated { status, .. } => {
+                *answered.entry(*status).or_insert(0) += 1
+            }
             Event::Attacker { cut_off: true, .. } => cut_off += 1,
             // Only the clients' requests carry an id (an aborting attacker's do not).
             Event::Received { id, .. } if reqs.contains_key(id) => *deliveries.entry(*id).or_insert(0) += 1,

@@ -517,7 +517,7 @@ pub fn measure(setup: &Setup, events: &[Event], targets: &[String]) -> Measured 
                     latencies[*c].push(*latency_us);
                 }
             }
-            Event::Failed { id, .. } => {
+            Event::Failed { id, .. } | Event::Truncated { id, .. } => {
                 if let Some(c) = of_id.get(id) {
                     *got[*c].statuses.entry("failed".into()).or_default() += 1;
                 }

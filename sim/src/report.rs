@@ -20,6 +20,7 @@ pub fn summary(scenario: &str, seed: u64, run: &Run, verdicts: &[Verdict], hash:
         match e {
             Event::Answered { status, .. } => *statuses.entry(status.to_string()).or_default() += 1,
             Event::Failed { kind, .. } => *statuses.entry(kind.clone()).or_default() += 1,
+            Event::Truncated { .. } => *statuses.entry("truncated".into()).or_default() += 1,
             _ => {}
         }
     }

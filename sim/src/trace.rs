@@ -29,6 +29,9 @@ pub enum Event {
     Answered { t_us: u64, id: u64, status: u16, latency_us: u64 },
     /// Request `id` got no response: client timeout or broken connection.
     Failed { t_us: u64, id: u64, kind: String, latency_us: u64 },
+    /// Request `id` got a response head (`status`) but the connection closed before the body it declared: no
+    /// answer for the client, though the proxy counts the head's status.
+    Truncated { t_us: u64, id: u64, status: u16, latency_us: u64 },
     /// Upstream host `host` received request `id` at `path`.
     Received { t_us: u64, host: String, id: u64, path: String },
     /// Upstream host `host` finished with request `id`: it answered `status` (503 at once when shed).
@@ -55,6 +58,7 @@ impl Event {
             Event::Issued { t_us, .. }
             | Event::Answered { t_us, .. }
             | Event::Failed { t_us, .. }
+            | Event::Truncated { t_us, .. }
             | Event::Received { t_us, .. }
             | Event::Served { t_us, .. }
             | Event::Counted { t_us, .. }

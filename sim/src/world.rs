@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
 use crate::hosts::{self, Behaviour, Command, Live, Planned, ProxyHost};
-use crate::scenario::{Fault, PartitionMode, Scenario};
+use crate::scenario::{Fault, PartitionMode, Scenario, WireKind};
 use crate::trace::{Event, Trace, us};
 
 /// Extra simulated time after the load ends, for in-flight requests to finish or time out.
@@ -31,6 +31,8 @@ pub enum Action {
     Status(String, u16),
     /// Make a host hang or not.
     Hang(String, bool),
+    /// Set how a host's answers go wrong on the wire (`None`: back to normal).
+    Wire(String, Option<(WireKind, Duration)>),
     /// Cut (`true`) or repair the proxy's link to a host.
     Link(String, PartitionMode, bool),
     /// Reload the proxy with this config (host names not yet replaced).
@@ -138,6 +140,10 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             }
             Fault::Reload(r) => add(at, Action::Reload(r.config.clone())),
             Fault::ClockJump(j) => add(at, Action::ClockJump(j.by)),
+            Fault::Wire(w) => {
+                add(at, Action::Wire(w.target.clone(), Some((w.kind, w.interval))));
+                add(at + d(w.duration), Action::Wire(w.target.clone(), None));
+            }
             Fault::Storm(x) => out.storms.push(StormPlan {
                 header: x.key_header.clone(),
                 key: x.key.clone(),
@@ -196,6 +202,7 @@ fn name(f: &Fault) -> &'static str {
         Fault::Flood(_) => "flood",
         Fault::Abort(_) => "abort",
         Fault::ClockJump(_) => "clock_jump",
+        Fault::Wire(_) => "wire",
     }
 }
 
@@ -291,6 +298,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
                 status: 200,
                 hang: false,
                 error_rate: u.error_rate,
+                wire: None,
             };
             let live = Rc::new(RefCell::new(normal.clone()));
             let (name, port, b, t) = (host.clone(), u.port, Rc::clone(&live), trace.clone());
@@ -360,6 +368,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
                 }
                 Action::Status(h, st) => set(&behaviours, &h, |b, _| b.status = st),
                 Action::Hang(h, on) => set(&behaviours, &h, |b, _| b.hang = on),
+                Action::Wire(h, wire) => set(&behaviours, &h, |b, _| b.wire = wire),
                 Action::Link(h, mode, true) => {
                     match mode {
                         PartitionMode::Refuse => sim.partition("proxy", h.as_str()),
@@ -461,6 +470,8 @@ fn describe(a: &Action) -> String {
         Action::Status(h, s) => format!("errors {h} {s}"),
         Action::Hang(h, on) => format!("hang {h} {}", if *on { "on" } else { "over" }),
         Action::Link(h, m, on) => format!("partition proxy-{h} {m:?} {}", if *on { "on" } else { "repaired" }),
+        Action::Wire(h, Some((kind, _))) => format!("wire {h} {kind:?}"),
+        Action::Wire(h, None) => format!("wire {h} over"),
         Action::Reload(_) => "reload".into(),
         Action::ClockJump(ms) => format!("clock jump {ms:+} ms"),
         Action::HealAll => "heal all".into(),

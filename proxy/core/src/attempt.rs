@@ -78,6 +78,8 @@ pub struct Resend<'a> {
     pub body_whole: bool,
     /// The route's timeout still has time left.
     pub time_left: bool,
+    /// The client already has a response head (the failure came mid-body): nothing can go in its place.
+    pub head_sent: bool,
 }
 
 /// What the core says after an attempt that did not give the client its answer, or whose answer may be
@@ -189,6 +191,8 @@ impl Attempts {
         let transition =
             if error.counts_against_server() { pool.report(server, Live::GatewayFailure, now) } else { None };
         let mut after = match &pool.spec().retry {
+            // Checked first so that a retry slot is never taken for an attempt that cannot happen.
+            _ if resend.head_sent => AfterFailure::default(),
             None => AfterFailure {
                 retry: (error.before_sending() && pool.may_retry(self.failed)).then_some(RetryReason::ConnectFailure),
                 ..AfterFailure::default()
@@ -293,7 +297,7 @@ impl Attempts {
         resend: Resend<'_>,
         now: Instant,
     ) -> AfterFailure {
-        if stale && idempotent && self.stale_connection() {
+        if stale && idempotent && !resend.head_sent && self.stale_connection() {
             return AfterFailure { retry: Some(RetryReason::Reset), ..AfterFailure::default() };
         }
         self.fail(pool, server, error, resend, now)

@@ -120,6 +120,7 @@ impl Gateway {
             method: session.req_header().method.as_str(),
             body_whole: !session.as_ref().retry_buffer_truncated(),
             time_left: self.elapsed(ctx) < route_timeout,
+            head_sent: session.response_written().is_some(),
         }
     }
 
@@ -538,7 +539,11 @@ impl ProxyHttp for Gateway {
             }
             // The connection is not reused after a failure: say so, so the client does not send on it.
             session.set_keepalive(None);
-            if let Err(err) = write_reply(session, &reply, &ctx.request_id).await {
+            // A failure mid-body: the client has the head, so the only honest signal left is the connection
+            // closing before the body's end (as nginx and Envoy do); no second head is written.
+            if session.response_written().is_none()
+                && let Err(err) = write_reply(session, &reply, &ctx.request_id).await
+            {
                 tracing::debug!(error = %err, "could not send error response");
             }
             reply.status

@@ -384,6 +384,42 @@ pub enum Fault {
     Abort(Abort),
     /// Step the proxy's wall clock (NTP correcting it): `by: +20m` or `by: -5m`; monotonic time is untouched.
     ClockJump(ClockJump),
+    /// A host writes its answers wrongly for a while (the socket seam): see [`WireKind`].
+    Wire(WireFault),
+}
+
+/// `wire`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireFault {
+    /// Host.
+    pub target: String,
+    /// What goes wrong on the wire.
+    pub kind: WireKind,
+    /// How long.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Time between two bytes of a trickled head.
+    #[serde(default = "trickle_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+fn trickle_interval() -> Duration {
+    Duration::from_millis(10)
+}
+
+/// How a host's answer goes wrong (health checks are answered normally).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WireKind {
+    /// The connection closes halfway through the response head.
+    Reset,
+    /// The head declares a body the connection closes halfway through.
+    ShortBody,
+    /// The head arrives one byte per `interval`, then the body: slow but whole.
+    Trickle,
+    /// The head and half the body arrive, then nothing more (the connection stays open).
+    Stall,
 }
 
 /// `clock_jump`.
@@ -1006,6 +1042,7 @@ impl Scenario {
                 Fault::Hang(s) => Some(&s.target),
                 Fault::Partition(s) => Some(&s.target),
                 Fault::Flap(s) => Some(&s.target),
+                Fault::Wire(w) => Some(&w.target),
                 Fault::Reload(_) | Fault::ClockJump(_) => None,
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {

@@ -26,8 +26,8 @@ fn req<'a>(headers: &'a HeaderPairs<'a>) -> RequestInfo<'a> {
     RequestInfo { method: "GET", path: "/", query: None, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), headers }
 }
 
-const GET: Resend<'static> = Resend { method: "GET", body_whole: true, time_left: true };
-const POST: Resend<'static> = Resend { method: "POST", body_whole: true, time_left: true };
+const GET: Resend<'static> = Resend { method: "GET", body_whole: true, time_left: true, head_sent: false };
+const POST: Resend<'static> = Resend { method: "POST", body_whole: true, time_left: true, head_sent: false };
 
 fn now() -> Instant {
     ManualClock::default().now()
@@ -155,6 +155,23 @@ fn a_policy_retries_what_it_names_for_the_methods_it_lists() {
     assert!(!a.fail(pool, 0, UpstreamError::Timeout, kept, now).retries(), "a body not kept is not resent");
     let late = Resend { time_left: false, ..GET };
     assert!(!a.fail(pool, 0, UpstreamError::Timeout, late, now).retries(), "the route's timeout bounds it all");
+}
+
+#[test]
+fn a_failure_after_the_client_has_the_response_head_is_never_retried_but_still_counts_against_the_server() {
+    let rt = group(
+        ", retry: { attempts: 3, on: [connect_failure, reset, timeout] }, outlier: { consecutive_gateway_failure: 2 }",
+    );
+    let pool = &rt.pools()[0];
+    let now = now();
+    let mid_body = Resend { head_sent: true, ..GET };
+    let mut a = Attempts::new();
+    assert!(!a.fail(pool, 0, UpstreamError::Broken, mid_body, now).retries(), "a body broken off is not resent");
+    assert!(!a.fail_sent(pool, 0, UpstreamError::Broken, (true, true), mid_body, now).retries(), "nor as stale");
+    assert!(!pool.servers()[0].is_up(), "two broken exchanges eject the server, head sent or not");
+    assert_eq!(a.retried(), 0);
+    let mut b = Attempts::new();
+    assert!(b.fail(pool, 1, UpstreamError::Broken, GET, now).retries(), "before the head, a reset is retried");
 }
 
 #[test]
