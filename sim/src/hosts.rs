@@ -249,8 +249,8 @@ fn parse_request(head: &[u8]) -> (String, Option<u64>) {
 /// Commands from the driver to the proxy host.
 #[derive(Debug)]
 pub enum Command {
-    /// Write this config text to the config file and reload (the SIGHUP path).
-    Reload(String),
+    /// Write this config text (the timeline's event `.0`) to the config file and reload (the SIGHUP path).
+    Reload(usize, String),
 }
 
 /// Everything the proxy host needs.
@@ -295,15 +295,13 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
     if let Some(mut commands) = host.commands.borrow_mut().take() {
         let (shared, trace, path) = (Arc::clone(&shared), host.trace.clone(), host.config_path.clone());
         tokio::task::spawn_local(async move {
-            while let Some(Command::Reload(text)) = commands.recv().await {
+            while let Some(Command::Reload(step, text)) = commands.recv().await {
                 let result = std::fs::write(&path, text)
                     .map_err(|e| e.to_string())
                     .and_then(|()| shared.reload().map_err(|e| e.lines().join("; ")));
-                let (generation, error) = match result {
-                    Ok(g) => (Some(g), None),
-                    Err(e) => (None, Some(e)),
-                };
-                trace.push(Event::Reload { t_us: now_us(), generation, error });
+                // What the proxy itself says is in force afterwards, whatever reload() returned.
+                let generation = shared.runtime().generation();
+                trace.push(Event::Reload { t_us: now_us(), step, generation, error: result.err() });
             }
         });
     }
@@ -391,20 +389,28 @@ pub struct Planned {
     pub upstream_path: Option<String>,
 }
 
-/// Plays the planned requests (open loop: each at its time, whatever the others are doing).
-pub async fn client(plan: Vec<Planned>, timeout: Duration, trace: Trace) -> turmoil::Result {
+/// Plays the planned requests (open loop: each at its time, whatever the others are doing). With
+/// `keep_alive`, requests share a pool of idle connections to the proxy, as a browser's or an HTTP client
+/// library's pool does: a request takes the connection idle the shortest time, or opens one when none is idle,
+/// and gives it back when its answer is read whole and the proxy did not say `Connection: close`.
+pub async fn client(plan: Vec<Planned>, timeout: Duration, keep_alive: bool, trace: Trace) -> turmoil::Result {
     let start = tokio::time::Instant::now();
+    let idle = Idle::default();
     let mut tasks = tokio::task::JoinSet::new();
     for req in plan {
         tokio::time::sleep_until(start + req.at).await;
         let trace = trace.clone();
-        tasks.spawn_local(async move { send(req, timeout, &trace).await });
+        let pool = keep_alive.then(|| Rc::clone(&idle));
+        tasks.spawn_local(async move { send(req, timeout, pool, &trace).await });
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn send(req: Planned, timeout: Duration, trace: &Trace) {
+/// The client's idle keep-alive connections, most recently used last.
+type Idle = Rc<RefCell<Vec<TcpStream>>>;
+
+async fn send(req: Planned, timeout: Duration, pool: Option<Idle>, trace: &Trace) {
     let sent = tokio::time::Instant::now();
     trace.push(Event::Issued {
         t_us: now_us(),
@@ -415,7 +421,7 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
         expect: req.expect.clone(),
         upstream_path: req.upstream_path.clone(),
     });
-    let result = tokio::time::timeout(timeout, exchange(&req)).await;
+    let result = tokio::time::timeout(timeout, exchange(&req, pool.as_ref(), trace)).await;
     let latency_us = us(sent.elapsed());
     let event = match result {
         Ok(Ok((status, true))) => Event::Answered { t_us: now_us(), id: req.id, status, latency_us },
@@ -427,30 +433,111 @@ async fn send(req: Planned, timeout: Duration, trace: &Trace) {
 }
 
 /// The status of the answer, and whether its body arrived whole.
-async fn exchange(req: &Planned) -> std::io::Result<(u16, bool)> {
-    let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
+async fn exchange(req: &Planned, pool: Option<&Idle>, trace: &Trace) -> std::io::Result<(u16, bool)> {
     let mut key = req.key.as_ref().map(|(h, v)| format!("{h}: {v}\r\n")).unwrap_or_default();
     for (name, value) in &req.headers {
         key.push_str(&format!("{name}: {value}\r\n"));
     }
     let length = req.body.as_ref().map(|b| format!("Content-Length: {}\r\n", b.len())).unwrap_or_default();
+    let close = if pool.is_some() { "" } else { "Connection: close\r\n" };
     let head = format!(
-        "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}{length}Connection: close\r\n\r\n{}",
+        "{} {} HTTP/1.1\r\nHost: proxy\r\nX-Sim-Id: {}\r\n{key}{length}{close}\r\n{}",
         req.method,
         req.path,
         req.id,
         req.body.as_deref().unwrap_or("")
     );
-    stream.write_all(head.as_bytes()).await?;
+    let Some(pool) = pool else {
+        let mut stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
+        stream.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        return Ok((status_of(&response)?, whole(&response)));
+    };
+    let reused = pool.borrow_mut().pop();
+    if let Some(stream) = reused {
+        match on_connection(stream, head.as_bytes(), pool).await {
+            // A pooled connection the proxy closed before answering a byte: the request was not processed
+            // (RFC 9112 §9.3.1), and a client resends an idempotent one on a new connection, as hyper and
+            // browsers do. A non-idempotent one fails: resending it is not the client's to decide.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted && crate::scenario::idempotent(&req.method) => {
+            }
+            done => return done,
+        }
+    }
+    trace.push(Event::Connected { t_us: now_us(), id: req.id });
+    let stream = TcpStream::connect(("proxy", PROXY_PORT)).await?;
+    on_connection(stream, head.as_bytes(), pool).await
+}
+
+/// Sends one request on a keep-alive connection and reads its answer by its framing; the connection goes
+/// back to the pool when it may carry another. `ConnectionAborted`: closed before any byte of an answer.
+async fn on_connection(mut stream: TcpStream, head: &[u8], pool: &Idle) -> std::io::Result<(u16, bool)> {
+    stream.write_all(head).await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            if response.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed before an answer"));
+            }
+            // Closed: whole only when the framing says the body ends with the connection.
+            return Ok((status_of(&response)?, whole(&response)));
+        }
+        response.extend_from_slice(&buf[..n]);
+        if let Some(Framed { keep, whole }) = framed(&response) {
+            let status = status_of(&response)?;
+            if keep {
+                pool.borrow_mut().push(stream);
+            }
+            return Ok((status, whole));
+        }
+    }
+}
+
+/// A response read whole by its own framing (Content-Length or chunked), and whether the connection may be
+/// used again.
+struct Framed {
+    keep: bool,
+    whole: bool,
+}
+
+/// Whether `response` is a whole answer by its framing (`None`: read on; a body delimited by the close is
+/// never whole before the close).
+fn framed(response: &[u8]) -> Option<Framed> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let (head, body) = (String::from_utf8_lossy(&response[..end]), &response[end + 4..]);
+    let header = |name: &str| header(&head, name);
+    let done = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        body.ends_with(b"0\r\n\r\n")
+    } else {
+        let length = header("content-length").and_then(|v| v.parse::<usize>().ok())?;
+        if body.len() > length {
+            // Bytes past the declared body would be read as the next request's answer.
+            return Some(Framed { keep: false, whole: false });
+        }
+        body.len() == length
+    };
+    let http10 = head.starts_with("HTTP/1.0");
+    let close = header("connection").is_some_and(|c| c.contains("close"));
+    done.then_some(Framed { keep: !close && !http10, whole: true })
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+}
+
+fn status_of(response: &[u8]) -> std::io::Result<u16> {
     let line = response.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let status = std::str::from_utf8(line)
+    std::str::from_utf8(line)
         .ok()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))?;
-    Ok((status, whole(&response)))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
 }
 
 /// Whether a response read to the connection's end holds the whole body its head declares (by
@@ -458,15 +545,9 @@ async fn exchange(req: &Planned) -> std::io::Result<(u16, bool)> {
 fn whole(response: &[u8]) -> bool {
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let (head, body) = (String::from_utf8_lossy(&response[..end]), &response[end + 4..]);
-    let header = |name: &str| {
-        head.split("\r\n")
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_ascii_lowercase())
-    };
-    if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+    if header(&head, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
         body.ends_with(b"0\r\n\r\n")
-    } else if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(length) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.len() >= length
     } else {
         true

@@ -9,6 +9,7 @@ pub mod oracle;
 pub mod plot;
 pub mod preflight;
 pub mod report;
+pub mod shrink;
 pub mod trace;
 pub use locci_scenario as scenario;
 pub mod world;

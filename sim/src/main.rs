@@ -4,7 +4,8 @@
 //! sweep [SCENARIO...] --seeds N` runs many seeds in parallel processes; `locci-sim check SCENARIO --seed N`
 //! runs one seed twice in separate processes and compares the trace hashes; `locci-sim explain SCENARIO`
 //! prints the expanded timeline; `locci-sim profile --from-log ACCESS.jsonl` builds the traffic profile from
-//! a JSON access log. Exit codes: 0 pass, 1 invariant violated, 2 non-determinism, 3 bad
+//! a JSON access log; `locci-sim shrink SCENARIO --seed N [--swarm]` reduces a failing run to a minimal
+//! scenario and keeps it in scenarios/regressions.yaml. Exit codes: 0 pass, 1 invariant violated, 2 non-determinism, 3 bad
 //! scenario, 4 the simulation itself failed.
 
 use std::path::{Path, PathBuf};
@@ -136,6 +137,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reduce a failing run (drop events and request classes, shorten the run and its faults, lower the rate)
+    /// while the same invariant keeps failing; write the minimal scenario and add it to the regressions.
+    Shrink {
+        /// Scenario file.
+        scenario: PathBuf,
+        /// The failing seed.
+        #[arg(long)]
+        seed: u64,
+        /// The failing run is a swarm run (it is written down as the plain scenario it drew first).
+        #[arg(long)]
+        swarm: bool,
+        /// The invariant that must keep failing (default: the first the run fails).
+        #[arg(long)]
+        invariant: Option<String>,
+        /// Where to write the minimal scenario (default: scenarios/regressions/NAME-SEED.yaml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The regressions list to add it to.
+        #[arg(long, default_value = "scenarios/regressions.yaml")]
+        regressions: PathBuf,
+        /// Most runs to try.
+        #[arg(long, default_value_t = 200)]
+        budget: usize,
+    },
     /// Print the expanded timeline, the load plan size and the swarm draws.
     Explain {
         /// Scenario file.
@@ -175,6 +200,9 @@ fn main() -> ExitCode {
         Cmd::Sweep { scenarios, seeds, from, jobs, swarm } => sweep(scenarios, from, seeds, jobs, swarm),
         Cmd::Check { scenario, seed, swarm } => check(&scenario, seed, swarm),
         Cmd::Explain { scenario, seed, swarm } => explain(&scenario, seed, swarm),
+        Cmd::Shrink { scenario, seed, swarm, invariant, out, regressions, budget } => {
+            shrink(&scenario, seed, swarm, invariant, out, &regressions, budget)
+        }
         Cmd::Profile { from_log } => profile(&from_log),
         Cmd::Distribution { config, profile, all_strategies, json } => {
             distribution(&config, profile.as_deref(), all_strategies, json)
@@ -461,6 +489,116 @@ fn child(path: &Path, seed: u64, swarm: bool) -> Outcome {
         }
         Err(e) => Outcome { code: -1, line: format!("RESULT error cannot start: {e}") },
     }
+}
+
+/// The invariants a child run's result line names as failed (`None`: it did not run to a verdict).
+fn failing(out: &Outcome) -> Option<Vec<String>> {
+    if out.code != 0 && out.code != i32::from(VIOLATION) {
+        return None;
+    }
+    let names = out.line.split(' ').find_map(|w| w.strip_prefix("invariants="))?;
+    Some(names.split(',').filter(|n| *n != "-").map(String::from).collect())
+}
+
+/// Runs shrink candidates as child processes of the same binary.
+struct ChildRunner {
+    dir: tempfile::TempDir,
+    seed: u64,
+}
+
+impl locci_sim::shrink::Runner for ChildRunner {
+    fn failing(&mut self, yaml: &str) -> Option<Vec<String>> {
+        let path = self.dir.path().join("candidate.yaml");
+        std::fs::write(&path, yaml).ok()?;
+        failing(&child(&path, self.seed, false))
+    }
+}
+
+fn shrink(
+    path: &Path,
+    seed: u64,
+    swarm: bool,
+    invariant: Option<String>,
+    out: Option<PathBuf>,
+    regressions: &Path,
+    budget: usize,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("locci-sim: cannot read {}: {e}", path.display());
+            return ExitCode::from(BAD_SCENARIO);
+        }
+    };
+    let scenario = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let invariant = match invariant {
+        Some(i) => i,
+        None => match failing(&child(path, seed, swarm)).and_then(|names| names.into_iter().next()) {
+            Some(i) => i,
+            None => {
+                eprintln!("locci-sim: {} seed {seed} fails no invariant; nothing to shrink", path.display());
+                return ExitCode::from(VIOLATION);
+            }
+        },
+    };
+    let mut runner = match tempfile::tempdir() {
+        Ok(dir) => ChildRunner { dir, seed },
+        Err(e) => {
+            eprintln!("locci-sim: cannot make a scratch directory: {e}");
+            return ExitCode::from(SIM_ERROR);
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = format!("{}-{seed}{}", scenario.name, if swarm { "-swarm" } else { "" });
+    eprintln!(
+        "shrink: {} seed {seed}{} while {invariant} fails (at most {budget} runs)",
+        path.display(),
+        if swarm { " --swarm" } else { "" }
+    );
+    let job = locci_sim::shrink::Job { original: &text, dir, seed, swarm, invariant: &invariant, budget, name: &name };
+    let shrunk = match locci_sim::shrink::shrink(&job, &mut runner) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("locci-sim: {e}");
+            return ExitCode::from(VIOLATION);
+        }
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("scenarios/regressions/{name}.yaml")));
+    let header = format!(
+        "# Shrunk by `locci-sim shrink {} --seed {seed}{}`: {invariant} fails on seed {seed}.\n# Reductions kept: {}.\n",
+        path.display(),
+        if swarm { " --swarm" } else { "" },
+        if shrunk.kept.is_empty() { "none".to_string() } else { shrunk.kept.join("; ") }
+    );
+    let yaml = shrunk.yaml;
+    let written = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&out, format!("{header}{yaml}")));
+    if let Err(e) = written {
+        eprintln!("locci-sim: cannot write {}: {e}", out.display());
+        return ExitCode::from(SIM_ERROR);
+    }
+    let list = std::fs::read_to_string(regressions).unwrap_or_default();
+    let note =
+        format!("shrunk from {} seed {seed}{}: {invariant}", path.display(), if swarm { " --swarm" } else { "" });
+    if let Err(e) = std::fs::write(regressions, locci_sim::shrink::append_regression(&list, &out, seed, &note)) {
+        eprintln!("locci-sim: cannot write {}: {e}", regressions.display());
+        return ExitCode::from(SIM_ERROR);
+    }
+    println!(
+        "shrunk in {} runs, {} reductions kept: {} (added to {})",
+        shrunk.runs,
+        shrunk.kept.len(),
+        out.display(),
+        regressions.display()
+    );
+    println!("replay: {}", replay(&out, seed, false));
+    ExitCode::SUCCESS
 }
 
 fn hash_of(line: &str) -> Option<&str> {

@@ -132,6 +132,8 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             Invariant::Amplification(a) => amplification(events, &reqs, (us(a.from), a.to.map_or(load_end, us)), a.max),
             Invariant::SlowStart(st) => slow_start(events, &s.group_of(&st.target), st),
             Invariant::MetricsMatch(_) => metrics_match(events, &reqs),
+            Invariant::Generations(_) => generations(s, events, &reqs),
+            Invariant::ClientReuse(r) => client_reuse(events, &reqs, r.min),
         })
         .collect()
 }
@@ -385,6 +387,86 @@ fn attackers_cut_off(events: &[Event], within_us: u64) -> Verdict {
             within_us / 1000
         ),
         late,
+    )
+}
+
+/// The simulated hosts a config names (`${host}`).
+fn named_hosts(s: &Scenario, config: &str) -> Vec<String> {
+    s.hosts().into_iter().filter(|h| config.contains(&format!("${{{h}}}"))).collect()
+}
+
+/// Reloads against the timeline, and each delivery against the configs in force while its request was open:
+/// a request issued before a reload may be served by either side of it, one issued after only by the new.
+fn generations(s: &Scenario, events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
+    // (from, servers of the config in force from then)
+    let mut periods: Vec<(u64, Vec<String>)> = vec![(0, named_hosts(s, &s.proxy.config))];
+    let (mut generation, mut problems, mut first, mut reloads) = (1u64, Vec::new(), None, 0);
+    let mut wrong = |t: u64, what: String, problems: &mut Vec<String>| {
+        first.get_or_insert(t);
+        problems.push(what);
+    };
+    for e in events {
+        let Event::Reload { t_us, step, generation: now, error } = e else { continue };
+        reloads += 1;
+        let Some(crate::scenario::Fault::Reload(r)) = s.timeline.get(*step).map(|e| &e.fault) else {
+            wrong(*t_us, format!("a reload at {} the timeline does not have", fmt_us(*t_us)), &mut problems);
+            continue;
+        };
+        match (error, r.refused) {
+            (None, false) => {
+                if *now != generation + 1 {
+                    let what = format!("timeline[{step}] applied as generation {now}, after {generation}");
+                    wrong(*t_us, what, &mut problems);
+                }
+                periods.push((*t_us, named_hosts(s, &r.config)));
+            }
+            (Some(_), true) => {
+                if *now != generation {
+                    let what = format!("timeline[{step}] refused, yet generation {generation} became {now}");
+                    wrong(*t_us, what, &mut problems);
+                }
+            }
+            (None, true) => wrong(*t_us, format!("timeline[{step}] should be refused, was applied"), &mut problems),
+            (Some(e), false) => wrong(*t_us, format!("timeline[{step}] refused: {e}"), &mut problems),
+        }
+        generation = *now;
+    }
+    let mut misrouted = 0;
+    for e in events {
+        let Event::Received { t_us, host, id, .. } = e else { continue };
+        let Some(issued) = reqs.get(id).map(|r| r.t_us) else { continue };
+        // The periods that overlap [issued, received].
+        let allowed = periods.iter().enumerate().any(|(i, (from, hosts))| {
+            let until = periods.get(i + 1).map_or(u64::MAX, |p| p.0);
+            *from <= *t_us && issued < until && hosts.contains(host)
+        });
+        if !allowed {
+            misrouted += 1;
+            if misrouted == 1 {
+                let what = format!("request {id} issued at {} reached {host}, in no config in force", fmt_us(issued));
+                wrong(*t_us, what, &mut problems);
+            }
+        }
+    }
+    let detail = if problems.is_empty() {
+        format!(
+            "{reloads} reload(s) as the timeline says; every delivery by a config in force (generation {generation})"
+        )
+    } else {
+        format!("{} ({misrouted} delivery(ies) misrouted)", problems.join("; "))
+    };
+    verdict("generations", problems.is_empty(), detail, first)
+}
+
+/// The share of requests sent on a connection the client already had open.
+fn client_reuse(events: &[Event], reqs: &BTreeMap<u64, Request>, min: f64) -> Verdict {
+    let opened = events.iter().filter(|e| matches!(e, Event::Connected { .. })).count();
+    let share = if reqs.is_empty() { 0.0 } else { 1.0 - opened as f64 / reqs.len() as f64 };
+    verdict(
+        "client_reuse",
+        share >= min,
+        format!("{} requests on {opened} new connections: {:.3} reused (at least {min})", reqs.len(), share),
+        None,
     )
 }
 

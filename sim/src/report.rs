@@ -25,6 +25,10 @@ pub fn summary(scenario: &str, seed: u64, run: &Run, verdicts: &[Verdict], hash:
         }
     }
     let _ = writeln!(out, "requests {}  outcomes {statuses:?}", reqs.len());
+    let opened = run.events.iter().filter(|e| matches!(e, Event::Connected { .. })).count();
+    if opened > 0 {
+        let _ = writeln!(out, "client connections opened {opened} (keep-alive)");
+    }
     let mut bounds: Vec<u64> = run.fault_times.iter().map(|t| us(*t)).collect();
     bounds.push(0);
     bounds.push(us(run.end));

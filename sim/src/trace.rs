@@ -25,6 +25,9 @@ pub enum Event {
         expect: Vec<u16>,
         upstream_path: Option<String>,
     },
+    /// A keep-alive client opened a new connection to the proxy for request `id` (none idle); requests sent
+    /// on a connection already open have no such event. Only with `sim.keep_alive`.
+    Connected { t_us: u64, id: u64 },
     /// Request `id` got an HTTP response.
     Answered { t_us: u64, id: u64, status: u16, latency_us: u64 },
     /// Request `id` got no response: client timeout or broken connection.
@@ -44,8 +47,9 @@ pub enum Event {
     Health { t_us: u64, host: String, up: bool },
     /// A fault was applied.
     Fault { t_us: u64, what: String },
-    /// A reload was applied (`generation`) or refused (`error`).
-    Reload { t_us: u64, generation: Option<u64>, error: Option<String> },
+    /// The timeline's reload event `step` was applied, or refused with `error`; `generation` is the one the
+    /// proxy has in force afterwards.
+    Reload { t_us: u64, step: usize, generation: u64, error: Option<String> },
     /// An attacker connection ended: closed by the proxy (`status` it answered, if any) after `lasted_us`, or
     /// still open when the attack stopped (`cut_off` false).
     Attacker { t_us: u64, kind: String, lasted_us: u64, cut_off: bool, status: Option<u16> },
@@ -56,6 +60,7 @@ impl Event {
     pub fn t_us(&self) -> u64 {
         match self {
             Event::Issued { t_us, .. }
+            | Event::Connected { t_us, .. }
             | Event::Answered { t_us, .. }
             | Event::Failed { t_us, .. }
             | Event::Truncated { t_us, .. }

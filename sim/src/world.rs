@@ -35,8 +35,8 @@ pub enum Action {
     Wire(String, Option<(WireKind, Duration)>),
     /// Cut (`true`) or repair the proxy's link to a host.
     Link(String, PartitionMode, bool),
-    /// Reload the proxy with this config (host names not yet replaced).
-    Reload(String),
+    /// Reload the proxy with this config (host names not yet replaced), the timeline's event `.0`.
+    Reload(usize, String),
     /// Step the proxy's wall clock by this many milliseconds.
     ClockJump(i64),
     /// Heal everything (swarm liveness phase).
@@ -75,6 +75,9 @@ pub struct Expanded {
     pub attacks: Vec<hosts::AttackPlan>,
     /// The factor swarm mode drew for the load's rates (1 otherwise).
     pub rate_scale: f64,
+    /// Per timeline event, what swarm mode drew: `None` when it left the event out, else its duration scale
+    /// and intensity factor (1 and 1 outside swarm mode).
+    pub draws: Vec<Option<(f64, f64)>>,
 }
 
 /// Expands the timeline; with `swarm`, keeps each event with the scenario's probability and scales
@@ -96,6 +99,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             (true, 1.0)
         };
         if !keep {
+            out.draws.push(None);
             continue;
         }
         // Drawn only when the scenario asks, after the older draws: scenarios without it keep their traces.
@@ -107,6 +111,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             }
             None => 1.0,
         };
+        out.draws.push(Some((scale, intensity)));
         let d = |x: Duration| x.mul_f64(scale);
         let at = e.at;
         let mut add = |t: Duration, a: Action| out.actions.push((t, a));
@@ -138,8 +143,9 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
                     t += x.period;
                 }
             }
-            Fault::Reload(r) => add(at, Action::Reload(r.config.clone())),
+            Fault::Reload(r) => add(at, Action::Reload(i, r.config.clone())),
             Fault::ClockJump(j) => add(at, Action::ClockJump(j.by)),
+            Fault::Heal(_) => add(at, Action::HealAll),
             Fault::Wire(w) => {
                 add(at, Action::Wire(w.target.clone(), Some((w.kind, w.interval))));
                 add(at + d(w.duration), Action::Wire(w.target.clone(), None));
@@ -202,6 +208,7 @@ fn name(f: &Fault) -> &'static str {
         Fault::Flood(_) => "flood",
         Fault::Abort(_) => "abort",
         Fault::ClockJump(_) => "clock_jump",
+        Fault::Heal(_) => "heal",
         Fault::Wire(_) => "wire",
     }
 }
@@ -340,7 +347,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
         redis: s.redis.is_some(),
     });
     sim.host("proxy", move || hosts::proxy(Rc::clone(&proxy_host)));
-    sim.client("client", hosts::client(plan, s.load.timeout, trace.clone()));
+    sim.client("client", hosts::client(plan, s.load.timeout, s.sim.keep_alive, trace.clone()));
     // Only scenarios with attacks get the attacker host, so every other scenario's world is unchanged.
     if !expanded.attacks.is_empty() {
         sim.client("attacker", hosts::attacker(expanded.attacks.clone(), trace.clone()));
@@ -380,8 +387,8 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
                     repair(&sim, &h, mode);
                     cut.retain(|(c, _)| *c != h);
                 }
-                Action::Reload(text) => {
-                    let _ = commands.send(Command::Reload(substitute(&text)));
+                Action::Reload(step, text) => {
+                    let _ = commands.send(Command::Reload(step, substitute(&text)));
                 }
                 Action::ClockJump(ms) => {
                     clock_offset_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
@@ -472,7 +479,7 @@ fn describe(a: &Action) -> String {
         Action::Link(h, m, on) => format!("partition proxy-{h} {m:?} {}", if *on { "on" } else { "repaired" }),
         Action::Wire(h, Some((kind, _))) => format!("wire {h} {kind:?}"),
         Action::Wire(h, None) => format!("wire {h} over"),
-        Action::Reload(_) => "reload".into(),
+        Action::Reload(..) => "reload".into(),
         Action::ClockJump(ms) => format!("clock jump {ms:+} ms"),
         Action::HealAll => "heal all".into(),
     }

@@ -36,7 +36,11 @@ fn real_config(text: &str, addrs: &BTreeMap<String, std::net::SocketAddr>) -> St
 
 fn play(path: &str) -> Vec<oracle::Verdict> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap();
-    let scenario = Scenario::parse(&text).unwrap();
+    let mut scenario = Scenario::parse(&text).unwrap();
+    // A signal gives no instant at which the real proxy swapped its config, so `generations` (which judges
+    // each delivery by the config in force when it was made) is the simulator's alone; the `traffic` bounds
+    // around the reload are judged here.
+    scenario.invariants.retain(|i| !matches!(i, locci_sim::scenario::Invariant::Generations(_)));
     let mut hosts: BTreeMap<String, Backend> = scenario
         .hosts()
         .into_iter()
@@ -164,7 +168,7 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
             Action::Bounce(h) => {
                 hosts.insert(h.clone(), Backend::start(h, addrs[h]).unwrap());
             }
-            Action::Reload(text) => {
+            Action::Reload(_, text) => {
                 proxy.write_config(&real_config(text, &addrs));
                 proxy.signal("HUP");
             }

@@ -63,6 +63,10 @@ pub struct SimSettings {
     pub epoch_unix_secs: u64,
     /// Network latency range between hosts.
     pub link_latency: LatencyRange,
+    /// The simulated clients keep their connections to the proxy alive and share them (a pool of idle
+    /// connections); otherwise each request has its own connection and sends `Connection: close`. (Upstream
+    /// connections are never reused in the simulation: pingora#883.)
+    pub keep_alive: bool,
 }
 
 impl Default for SimSettings {
@@ -72,6 +76,7 @@ impl Default for SimSettings {
             tick: Duration::from_millis(1),
             epoch_unix_secs: 1_767_225_600,
             link_latency: LatencyRange { min: Duration::from_millis(1), max: Duration::from_millis(5) },
+            keep_alive: false,
         }
     }
 }
@@ -386,7 +391,15 @@ pub enum Fault {
     ClockJump(ClockJump),
     /// A host writes its answers wrongly for a while (the socket seam): see [`WireKind`].
     Wire(WireFault),
+    /// Every fault in force ends: crashed hosts restart, links heal, hosts behave as declared (`heal: {}`;
+    /// what swarm mode's `heal_at` does, written down by `locci-sim shrink`).
+    Heal(Heal),
 }
+
+/// `heal`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heal {}
 
 /// `wire`.
 #[derive(Debug, Clone, Deserialize)]
@@ -568,6 +581,9 @@ pub struct Flap {
 pub struct Reload {
     /// The new locci config, inline YAML.
     pub config: String,
+    /// The proxy must refuse it (`generations` then demands that nothing changed).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// `storm`.
@@ -696,6 +712,19 @@ pub enum Invariant {
     /// The proxy's own counters agree with the trace: answers by status exactly, retries at least the
     /// second deliveries.
     MetricsMatch(bool),
+    /// Every reload is applied or refused as the timeline says; an applied one grows the generation by one, a
+    /// refused one leaves it; and every request reaches only servers of a config in force while it was open.
+    Generations(bool),
+    /// At least `min` of the requests go on a connection the client already had open (`sim.keep_alive`).
+    ClientReuse(ClientReuse),
+}
+
+/// `client_reuse`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientReuse {
+    /// Least share of requests sent on a reused connection (0 to 1).
+    pub min: f64,
 }
 
 /// `upstream_in_flight`.
@@ -1033,6 +1062,14 @@ impl Scenario {
             {
                 p.push(format!("invariants[{i}].slow_start: window must be above 0 and slack in [0, 1)"));
             }
+            if let Invariant::ClientReuse(r) = inv {
+                if !(0.0..=1.0).contains(&r.min) {
+                    p.push(format!("invariants[{i}].client_reuse.min: must be 0 to 1"));
+                }
+                if !self.sim.keep_alive {
+                    p.push(format!("invariants[{i}].client_reuse: needs sim.keep_alive: true"));
+                }
+            }
         }
         for (i, e) in self.timeline.iter().enumerate() {
             let target = match &e.fault {
@@ -1043,7 +1080,7 @@ impl Scenario {
                 Fault::Partition(s) => Some(&s.target),
                 Fault::Flap(s) => Some(&s.target),
                 Fault::Wire(w) => Some(&w.target),
-                Fault::Reload(_) | Fault::ClockJump(_) => None,
+                Fault::Reload(_) | Fault::ClockJump(_) | Fault::Heal(_) => None,
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {
                         p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));
