@@ -123,6 +123,30 @@ fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 }
 
 #[test]
+fn keepalive_timeout_zero_answers_with_connection_close_and_closes() {
+    // An HTTP/1.1 client keeps its connection by default; with keep-alive off the answer must say
+    // `Connection: close` (so the client does not send a second request into a closing socket) and close.
+    let b = backends(1);
+    let proxy = Proxy::start(&config(&b, "{ keepalive_timeout_secs: 0 }"));
+    let mut stream = connect(proxy.addr);
+    stream.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("the proxy closes the connection after the answer");
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200") && text.contains("connection: close"), "{text}");
+    // With the default, the same request is answered without it and the connection stays for another.
+    let proxy = Proxy::start(&config(&b, "{}"));
+    let mut stream = connect(proxy.addr);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        stream.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let n = stream.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200") && !text.contains("connection: close"), "{text}");
+    }
+}
+
+#[test]
 fn a_client_that_goes_away_before_its_answer_is_not_counted_as_refused() {
     // nginx logs such a request as 499; it is neither a bad request nor the server's failure.
     let b = backends(1);

@@ -98,8 +98,8 @@ impl ServerApp for Edge {
             if let Some(settings) = reused.take().flatten() {
                 settings.apply_to_session(&mut session);
             }
-            let keepalive = limits.keepalive_timeout.as_secs();
-            session.set_keepalive((keepalive > 0 && !*shutdown.borrow()).then_some(keepalive));
+            // Keep-alive is Pingora's to decide from the head it parses (the gateway then applies
+            // `keepalive_timeout_secs: 0` and draining); the idle wait between requests is this loop's.
             session.set_pipelined_prefix(prefix);
             let (next, settings) = self.proxy.process_new_http(session, shutdown).await?.consume();
             stream = next;

@@ -267,6 +267,11 @@ impl ProxyHttp for Gateway {
         ctx.started_unix = now.unix;
         let runtime = self.shared.runtime();
         let reply = self.plan(session, ctx, &runtime, now).await;
+        // Pingora decides keep-alive from the request's own headers as it parses the head, over anything set on
+        // the session before, so the operator's switch (`keepalive_timeout_secs: 0`) is applied here, after.
+        if runtime.client_limits().keepalive_timeout.is_zero() {
+            session.set_keepalive(None);
+        }
         let (downstream, upstream) = runtime.client_limits().read_timeouts(session.is_upgrade_req());
         session.set_read_timeout(Some(downstream));
         if let Some(upstream) = upstream {
