@@ -117,9 +117,12 @@ fn reductions(v: &Value) -> Vec<(String, Value)> {
     }
     let duration =
         v.get("sim").and_then(|s| s.get("duration")).and_then(as_duration).unwrap_or(Duration::from_secs(60));
+    // Never shorter than a time an invariant or the timeline names: a window cut off by the end of the run
+    // fails for want of requests, not for the reason being shrunk.
+    let floor = named_times(v).max(Duration::from_secs(1));
     for f in [0.5, 0.75] {
         let shorter = Duration::from_secs(duration.mul_f64(f).as_secs());
-        if shorter >= Duration::from_secs(1) && shorter < duration {
+        if shorter >= floor && shorter < duration {
             let mut c = v.clone();
             set(&mut c, &["sim"], "duration", duration_value(shorter));
             out.push((format!("sim.duration {} -> {}", show(duration), show(shorter)), c));
@@ -155,6 +158,22 @@ fn reductions(v: &Value) -> Vec<(String, Value)> {
         }
     }
     out
+}
+
+/// The latest time the timeline or an invariant names (`at`, `from`, `to`, `after` plus `within`).
+fn named_times(v: &Value) -> Duration {
+    let mut latest = Duration::ZERO;
+    for event in v.get("timeline").and_then(Value::as_sequence).into_iter().flatten() {
+        latest = latest.max(event.get("at").and_then(as_duration).unwrap_or_default());
+    }
+    for inv in v.get("invariants").and_then(Value::as_sequence).into_iter().flatten() {
+        let Some((_, settings)) = inv.as_mapping().and_then(|m| m.iter().next()) else { continue };
+        let get = |k: &str| settings.get(k).and_then(as_duration);
+        for t in [get("at"), get("from"), get("to"), get("after").map(|a| a + get("within").unwrap_or_default())] {
+            latest = latest.max(t.unwrap_or_default());
+        }
+    }
+    latest
 }
 
 /// Writes the swarm run of `seed` down as a plain scenario: what `world::expand` drew, applied to the text.
