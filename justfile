@@ -103,6 +103,10 @@ sim seeds="8": sim-build
 sim-one scenario seed="1" *flags: sim-build
     {{sim_bin}} run {{scenario}} --seed {{seed}} {{flags}} --plot target/sim-{{seed}}.svg
 
+# Shrink a failing run into scenarios/regressions/ and keep it: just sim-shrink scenarios/swarm-mixed.yaml 42 --swarm
+sim-shrink scenario seed *flags: sim-build
+    {{sim_bin}} shrink {{scenario}} --seed {{seed}} {{flags}}
+
 # The bug catalogue: each planted bug in sim/mutants/ applied in turn, rebuilt, run; a table of what caught it.
 sim-mutants:
     bash scripts/sim-mutants

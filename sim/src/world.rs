@@ -78,6 +78,8 @@ pub struct Expanded {
     /// Per timeline event, what swarm mode drew: `None` when it left the event out, else its duration scale
     /// and intensity factor (1 and 1 outside swarm mode).
     pub draws: Vec<Option<(f64, f64)>>,
+    /// The value of each `swarm.params` entry: drawn in swarm mode, its default otherwise.
+    pub params: BTreeMap<String, i64>,
 }
 
 /// Expands the timeline; with `swarm`, keeps each event with the scenario's probability and scales
@@ -185,6 +187,14 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
         out.rate_scale = rng.random_range(r.min..=r.max);
         out.knobs.push(format!("load rate x{:.2}", out.rate_scale));
     }
+    // Drawn after every older draw, so scenarios without params keep their traces.
+    for (name, p) in &s.swarm.params {
+        let value = if swarm { rng.random_range(p.min..=p.max) } else { p.default };
+        if swarm {
+            out.knobs.push(format!("param {name} = {value}"));
+        }
+        out.params.insert(name.clone(), value);
+    }
     if swarm && let Some(heal) = s.swarm.heal_at {
         out.actions.push((heal, Action::HealAll));
         out.knobs.push(format!("heal all at {}", humantime::format_duration(heal)));
@@ -284,7 +294,11 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     let expanded = expand(s, seed, swarm);
     let plan = plan(s, &expanded, seed);
     let end = s.sim.duration + s.load.timeout + DRAIN;
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    if s.sim.random_order {
+        builder.enable_random_order();
+    }
+    let mut sim = builder
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(s.sim.epoch_unix_secs))
         .simulation_duration(end + Duration::from_secs(60))
@@ -329,6 +343,9 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
             let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
             out = out.replace(&format!("${{{host}}}"), ip);
         }
+        for (name, value) in &expanded.params {
+            out = out.replace(&format!("${{swarm.{name}}}"), &value.to_string());
+        }
         out
     };
     let dir = tempfile::tempdir()?;
@@ -354,7 +371,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     }
 
     let mut pending = expanded.actions.clone().into_iter().peekable();
-    let mut health: BTreeMap<String, bool> = BTreeMap::new();
+    let mut health: BTreeMap<String, (bool, u64)> = BTreeMap::new();
     let mut crashed: std::collections::BTreeSet<String> = Default::default();
     let mut cut: Vec<(String, PartitionMode)> = Vec::new();
     loop {
@@ -444,11 +461,13 @@ fn repair(sim: &turmoil::Sim<'_>, host: &str, mode: PartitionMode) {
     }
 }
 
-/// Records every change of a server's state as the proxy sees it.
+/// Records every change of a server's state as the proxy sees it: also a change and its reversal inside one
+/// step (a passive ejection ending in the same millisecond an active check takes the server down), which a
+/// look at the state alone would miss. Both are stamped with the step's time.
 fn observe_health(
     shared: &Arc<locci_proxy::Shared>,
     names: &BTreeMap<String, String>,
-    last: &mut BTreeMap<String, bool>,
+    last: &mut BTreeMap<String, (bool, u64)>,
     trace: &Trace,
     t_us: u64,
 ) {
@@ -456,12 +475,22 @@ fn observe_health(
     for pool in runtime.pools() {
         for server in pool.servers() {
             let host = names.get(&server.addr.text).cloned().unwrap_or_else(|| server.addr.text.clone());
-            let up = server.is_up();
-            match last.insert(host.clone(), up) {
+            let (changes, up) = (server.changes(), server.is_up());
+            match last.insert(host.clone(), (up, changes)) {
                 // Servers start up; only changes are events.
                 None if up => {}
-                Some(prev) if prev == up => {}
-                _ => trace.push(Event::Health { t_us, host, up }),
+                None => trace.push(Event::Health { t_us, host, up }),
+                Some((prev, seen)) => {
+                    let flips = changes.saturating_sub(seen);
+                    // Each flip toggles the state, ending at `up`; a count that disagrees with the states
+                    // (a server a reload replaced) is taken as one change when they differ.
+                    let flips = if (flips % 2 == 1) == (prev != up) { flips } else { u64::from(prev != up) };
+                    let mut state = prev;
+                    for _ in 0..flips {
+                        state = !state;
+                        trace.push(Event::Health { t_us, host: host.clone(), up: state });
+                    }
+                }
             }
         }
     }

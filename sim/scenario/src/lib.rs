@@ -67,6 +67,9 @@ pub struct SimSettings {
     /// connections); otherwise each request has its own connection and sends `Connection: close`. (Upstream
     /// connections are never reused in the simulation: pingora#883.)
     pub keep_alive: bool,
+    /// Turmoil runs the hosts in an order drawn from the seed each tick, not always the same one: races a fixed
+    /// order never tries (each connection's bytes stay in order, as TCP keeps them).
+    pub random_order: bool,
 }
 
 impl Default for SimSettings {
@@ -77,6 +80,7 @@ impl Default for SimSettings {
             epoch_unix_secs: 1_767_225_600,
             link_latency: LatencyRange { min: Duration::from_millis(1), max: Duration::from_millis(5) },
             keep_alive: false,
+            random_order: false,
         }
     }
 }
@@ -642,6 +646,23 @@ pub struct SwarmSpec {
     /// Each `slow` latency and `storm` rate is scaled by a factor drawn from this range (absent: as written).
     #[serde(default)]
     pub intensity_scale: Option<Range>,
+    /// Whole numbers drawn per seed from their ranges and written where the proxy's configs say
+    /// `${swarm.NAME}` (a health threshold, a retry count, an ejection time); outside swarm mode, each one's
+    /// `default`.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, Param>,
+}
+
+/// A swarm parameter: a whole number in `[min, max]`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Param {
+    /// Smallest.
+    pub min: i64,
+    /// Largest.
+    pub max: i64,
+    /// Outside swarm mode.
+    pub default: i64,
 }
 
 /// A range of factors a swarm run draws from.
@@ -664,6 +685,7 @@ impl Default for SwarmSpec {
             converge_within: Duration::from_secs(5),
             rate_scale: None,
             intensity_scale: None,
+            params: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -1043,6 +1065,30 @@ impl Scenario {
             let top = self.load.stages.iter().map(|s| s.rate).fold(self.load.rate, f64::max) * r.max;
             if top > MAX_SIM_RATE {
                 p.push(format!("swarm.rate_scale: the load's highest rate x max is above {MAX_SIM_RATE} per second"));
+            }
+        }
+        for (name, param) in &self.swarm.params {
+            if !(param.min <= param.default && param.default <= param.max) {
+                p.push(format!("swarm.params.{name}: needs min <= default <= max"));
+            }
+        }
+        let mut configs = vec![self.proxy.config.as_str()];
+        configs.extend(self.timeline.iter().filter_map(|e| match &e.fault {
+            Fault::Reload(r) => Some(r.config.as_str()),
+            _ => None,
+        }));
+        let named: BTreeSet<&str> = configs
+            .iter()
+            .flat_map(|c| c.split("${swarm.").skip(1).filter_map(|rest| rest.split_once('}').map(|(n, _)| n)))
+            .collect();
+        for name in &named {
+            if !self.swarm.params.contains_key(*name) {
+                p.push(format!("proxy.config: ${{swarm.{name}}} is not declared under swarm.params"));
+            }
+        }
+        for name in self.swarm.params.keys() {
+            if !named.contains(name.as_str()) {
+                p.push(format!("swarm.params.{name}: not used by any config (write ${{swarm.{name}}})"));
             }
         }
         let groups: BTreeSet<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();

@@ -1,7 +1,7 @@
 //! One upstream group at run time: its servers with health and in-flight counts, and its selector.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,8 @@ pub struct ServerState {
     pub weight: u32,
     health: Mutex<HealthState>,
     up: AtomicBool,
+    /// Times `up` changed (kept over a reload): two changes inside one look are not lost on an observer.
+    changes: AtomicU64,
     ejected: AtomicBool,
     inflight: AtomicU32,
     /// When its slow start began; `ramping` says, without the lock, whether there is one.
@@ -104,6 +106,11 @@ impl ServerState {
     /// Whether selection may choose it (the last verdict of its health state).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// How many times it has changed between up and down.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Requests in flight to it.
@@ -149,7 +156,13 @@ impl ServerState {
     ) -> Option<Transition> {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let transition = f(&mut health);
-        self.up.store(health.is_up(now), Ordering::Release);
+        let up = health.is_up(now);
+        // Written only here, under the health lock: a plain load tells whether it changes, and a request
+        // whose outcome changes nothing pays no atomic read-modify-write.
+        if self.up.load(Ordering::Acquire) != up {
+            self.up.store(up, Ordering::Release);
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
         self.ejected.store(health.is_ejected(now), Ordering::Release);
         if slow_start && transition == Some(Transition::Up) {
             self.start_ramp(now);
@@ -193,6 +206,7 @@ impl Pool {
                     addr: addr.clone(),
                     weight: *weight,
                     up: AtomicBool::new(old.is_none_or(|s| s.is_up())),
+                    changes: AtomicU64::new(old.map_or(0, ServerState::changes)),
                     ejected: AtomicBool::new(old.is_some_and(|s| s.is_ejected())),
                     health: Mutex::new(health),
                     inflight: AtomicU32::new(0),

@@ -149,6 +149,23 @@ fn a_rebuilt_pool_keeps_the_health_of_servers_it_still_has() {
 }
 
 #[test]
+fn every_change_of_state_is_counted_and_a_rebuild_keeps_the_count() {
+    let pool = Pool::new(spec(Strategy::RoundRobin, &[1, 1]), None, None);
+    let clock = ManualClock::default();
+    pool.report(0, Live::GatewayFailure, clock.now());
+    assert_eq!(pool.servers()[0].changes(), 0, "a failure that changes nothing is not a change");
+    pool.report(0, Live::GatewayFailure, clock.now());
+    clock.advance(Duration::from_secs(10));
+    pool.tick(clock.now());
+    down(&pool, 0, clock.now());
+    // Down, up, down at the same instant: an observer that looks only at the state sees "down" twice.
+    assert_eq!((pool.servers()[0].changes(), pool.servers()[0].is_up()), (3, false));
+    assert_eq!(pool.servers()[1].changes(), 0);
+    let rebuilt = Pool::new(spec(Strategy::RoundRobin, &[1, 1]), Some(&pool), None);
+    assert_eq!(rebuilt.servers()[0].changes(), 3);
+}
+
+#[test]
 fn retries_are_bounded_by_the_setting() {
     let pool = Pool::new(spec(Strategy::RoundRobin, &[1, 1]), None, None);
     assert!(pool.may_retry(1));
