@@ -1,58 +1,81 @@
 //! The container tier: the real image, real containers on a private Docker network, faults done to real
 //! processes and networks (kill, pause, disconnect, SIGHUP with a changed mounted config, restart), under
-//! steady load from locci-loadgen. The Docker engine is driven through its own CLI, because these faults
-//! (pause, network disconnect, signals) are engine operations; each test skips with a message only where
-//! no Docker engine answers.
+//! steady load from locci-loadgen. The lifecycle goes through testcontainers (the image build, start and
+//! readiness, ports, logs, kill, pause and unpause, `exec` for the signal, removal on drop even when a test
+//! fails); the engine CLI only disconnects and reconnects a container's network, which testcontainers has no
+//! call for. Where no engine answers, each test says so in the summary and passes as skipped; with
+//! `LOCCI_REQUIRE_DOCKER=1` (as CI sets) a missing engine fails it instead.
 // The end-to-end tier runs the real binary in wall-clock time, so it may read the real clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, missing_docs)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use locci_e2e::*;
+use testcontainers::core::{AccessMode, CmdWaitFor, ExecCommand, IntoContainerPort, Mount, WaitFor};
+use testcontainers::runners::{SyncBuilder, SyncRunner};
+use testcontainers::{Container, GenericBuildableImage, GenericImage, ImageExt};
 
-const IMAGE: &str = "locci:test";
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker CLI")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+const IMAGE: (&str, &str) = ("locci", "test");
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds the runtime image from the binary the tests use (once per test run); false when no engine answers.
-fn image() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
-        if Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("SKIPPED: no Docker engine answers here; the container tier needs one");
-            return false;
-        }
-        let base = Command::new("bash").arg(repo().join("scripts/base-image")).status().unwrap();
-        assert!(base.success(), "scripts/base-image failed");
-        let ctx = tempfile::tempdir().unwrap();
-        std::fs::copy(binary(), ctx.path().join("locci-proxy")).unwrap();
-        // The image ships the seeded simulator beside the proxy, for the reload gate.
-        std::fs::copy(simulator(), ctx.path().join("locci-sim")).unwrap();
-        std::fs::copy(repo().join("docker/config.yaml"), ctx.path().join("config.yaml")).unwrap();
-        let file = repo().join("docker/Dockerfile.runtime");
-        docker_ok(&["build", "-q", "-t", IMAGE, "-f", file.to_str().unwrap(), ctx.path().to_str().unwrap()]);
-        true
-    })
+/// Whether a Docker engine answers; without one a test is skipped, and says so on the real stderr (libtest
+/// shows it in the summary, not only under --nocapture), unless LOCCI_REQUIRE_DOCKER=1 makes it a failure.
+fn engine(test: &str) -> bool {
+    static ANSWERS: OnceLock<bool> = OnceLock::new();
+    let answers =
+        *ANSWERS.get_or_init(|| Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()));
+    if !answers {
+        assert!(
+            std::env::var("LOCCI_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "LOCCI_REQUIRE_DOCKER=1 and no Docker engine answers"
+        );
+        let _ =
+            writeln!(std::io::stderr(), "SKIPPED {test}: no Docker engine answers here; the container tier needs one");
+    }
+    answers
 }
 
-/// A private network with three upstream containers and the proxy; everything is removed on drop.
+/// Builds the runtime image from the binaries the tests use (once per test run).
+fn image() -> GenericImage {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let base = Command::new("bash").arg(repo().join("scripts/base-image")).status().unwrap();
+        assert!(base.success(), "scripts/base-image failed");
+        GenericBuildableImage::new(IMAGE.0, IMAGE.1)
+            .with_dockerfile(repo().join("docker/Dockerfile.runtime"))
+            .with_file(binary(), "locci-proxy")
+            // The image ships the seeded simulator beside the proxy, for the reload gate.
+            .with_file(simulator(), "locci-sim")
+            .with_file(repo().join("docker/config.yaml"), "config.yaml")
+            .build_image()
+            .expect("the runtime image builds");
+    });
+    GenericImage::new(IMAGE.0, IMAGE.1)
+}
+
+/// Runs an operation testcontainers 0.27 declares `async` on its blocking container although it blocks
+/// (`Container::pause`/`unpause` call `block_on` inside): it is done by its first poll.
+fn done<T>(f: impl std::future::Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a blocking container operation did not finish at once"),
+    }
+}
+
+/// A private network with three upstream containers and the proxy; testcontainers removes them all (and the
+/// network) when it is dropped, also when a test fails.
 struct Stack {
-    id: String,
+    network: String,
+    proxy: Option<Container<GenericImage>>,
+    upstreams: Vec<Container<GenericImage>>,
     dir: tempfile::TempDir,
     proxy_port: u16,
     control_port: u16,
@@ -60,49 +83,35 @@ struct Stack {
 
 impl Stack {
     fn start(tag: &str, config: &str) -> Stack {
-        let id = format!("locci-{tag}-{}", std::process::id());
+        let network = format!("locci-{tag}-{}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let mut stack = Stack { id: id.clone(), dir, proxy_port: 0, control_port: 0 };
-        docker_ok(&["network", "create", &id]);
-        for i in 1..=3 {
-            let name = stack.upstream(i);
-            docker_ok(&[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                &id,
-                "--network-alias",
-                &format!("upstream{i}"),
-                IMAGE,
-                "upstream",
-                "--name",
-                &format!("upstream{i}"),
-                "--listen",
-                "0.0.0.0:8080",
-            ]);
-        }
+        let upstreams = (1..=3)
+            .map(|i| {
+                image()
+                    .with_wait_for(WaitFor::message_on_stdout("listening on"))
+                    .with_network(&network)
+                    .with_container_name(upstream_name(&network, i))
+                    .with_cmd(["upstream", "--name", &format!("upstream{i}"), "--listen", "0.0.0.0:8080"])
+                    .start()
+                    .expect("an upstream container starts")
+            })
+            .collect();
+        let mut stack = Stack { network, proxy: None, upstreams, dir, proxy_port: 0, control_port: 0 };
         stack.write_config(config);
-        let mount = format!("{}:/etc/locci/custom:ro", stack.dir.path().display());
-        docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &stack.proxy(),
-            "--network",
-            &id,
-            "-p",
-            "127.0.0.1::8484",
-            "-p",
-            "127.0.0.1::8485",
-            "-v",
-            &mount,
-            IMAGE,
-            "--config",
-            "/etc/locci/custom/config.yaml",
-        ]);
+        let mount = Mount::bind_mount(stack.dir.path().to_string_lossy(), "/etc/locci/custom")
+            .with_access_mode(AccessMode::ReadOnly);
+        let proxy = image()
+            .with_exposed_port(8484.tcp())
+            .with_exposed_port(8485.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("locci-proxy started"))
+            .with_network(&stack.network)
+            .with_container_name(format!("{}-proxy", stack.network))
+            .with_mount(mount)
+            .with_cmd(["--config", "/etc/locci/custom/config.yaml"])
+            .start()
+            .expect("the proxy container starts");
+        stack.proxy = Some(proxy);
         stack.read_ports();
         assert!(
             wait_until(WAIT, || client().get(stack.url("/")).send().is_ok_and(|r| r.status() == 200)),
@@ -112,21 +121,17 @@ impl Stack {
         stack
     }
 
+    fn proxy(&self) -> &Container<GenericImage> {
+        self.proxy.as_ref().expect("started")
+    }
+
     fn read_ports(&mut self) {
-        let proxy = self.proxy();
-        let port = |p: &str| -> u16 {
-            docker_ok(&["port", &proxy, p]).lines().next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
-        };
-        self.proxy_port = port("8484");
-        self.control_port = port("8485");
+        self.proxy_port = self.proxy().get_host_port_ipv4(8484.tcp()).unwrap();
+        self.control_port = self.proxy().get_host_port_ipv4(8485.tcp()).unwrap();
     }
 
-    fn upstream(&self, i: usize) -> String {
-        format!("{}-up{i}", self.id)
-    }
-
-    fn proxy(&self) -> String {
-        format!("{}-proxy", self.id)
+    fn upstream(&self, i: usize) -> &Container<GenericImage> {
+        &self.upstreams[i - 1]
     }
 
     fn url(&self, path: &str) -> String {
@@ -135,20 +140,28 @@ impl Stack {
 
     fn write_config(&self, yaml: &str) {
         let file = self.dir.path().join("config.yaml");
-        std::fs::write(&file, yaml).unwrap();
+        std::fs::write(&file, yaml.replace("{NET}", &self.network)).unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     }
 
     fn logs(&self) -> String {
-        let out = docker(&["logs", &self.proxy()]);
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        let out = self.proxy().stdout_to_vec().unwrap_or_default();
+        let err = self.proxy().stderr_to_vec().unwrap_or_default();
+        format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))
+    }
+
+    /// Sends the proxy SIGHUP from inside its container (PID 1 is the proxy; the shell's kill builtin sends it).
+    fn sighup(&self) {
+        let cmd = ExecCommand::new(["sh", "-c", "kill -HUP 1"]).with_cmd_ready_condition(CmdWaitFor::exit());
+        let mut exec = self.proxy().exec(cmd).unwrap();
+        assert_eq!(exec.exit_code().unwrap(), Some(0), "{}", String::from_utf8_lossy(&exec.stderr_to_vec().unwrap()));
     }
 
     /// Whether the proxy currently sees upstream `i` as healthy.
     fn healthy(&self, i: usize) -> Option<bool> {
         let url = format!("http://127.0.0.1:{}/api/v1/upstreams", self.control_port);
         let groups: serde_json::Value = client().get(url).send().ok()?.json().ok()?;
-        let address = format!("upstream{i}:8080");
+        let address = format!("{}:8080", upstream_name(&self.network, i));
         groups[0]["servers"].as_array()?.iter().find(|s| s["address"] == address.as_str())?["healthy"].as_bool()
     }
 
@@ -178,21 +191,23 @@ impl Stack {
             serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
         })
     }
-}
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let mut names = vec![self.proxy()];
-        names.extend((1..=3).map(|i| self.upstream(i)));
-        for n in &names {
-            let _ = docker(&["rm", "-f", n]);
-        }
-        let _ = docker(&["network", "rm", &self.id]);
+    /// Cuts upstream `i` off the network, or puts it back under its name. The engine CLI: testcontainers
+    /// has no call to disconnect or connect a running container.
+    fn network(&self, i: usize, connect: bool) {
+        let verb = if connect { "connect" } else { "disconnect" };
+        let out =
+            Command::new("docker").args(["network", verb, &self.network, self.upstream(i).id()]).output().unwrap();
+        assert!(out.status.success(), "docker network {verb}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
+fn upstream_name(network: &str, i: usize) -> String {
+    format!("{network}-up{i}")
+}
+
 fn config(servers: &[usize]) -> String {
-    let list: Vec<String> = servers.iter().map(|i| format!("\"upstream{i}:8080\"")).collect();
+    let list: Vec<String> = servers.iter().map(|i| format!("\"{{NET}}-up{i}:8080\"")).collect();
     format!(
         "mode: load_balancer\nserver: {{ bind_address: \"0.0.0.0:8484\", upstream_timeout_secs: 3, connection_pool: {{ connect_timeout_secs: 1 }} }}\n\
          upstreams:\n  app:\n    servers: [{}]\n    retries: 2\n    health_check: {{ interval_secs: 1, timeout_secs: 1, path: /health, unhealthy_threshold: 2 }}\n\
@@ -215,13 +230,14 @@ fn non_200(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn killing_an_upstream_container_fails_no_request_and_it_is_marked_down() {
-    if !image() {
+    if !engine("killing_an_upstream_container_fails_no_request_and_it_is_marked_down") {
         return;
     }
     let stack = Stack::start("kill", &config(&[1, 2, 3]));
     let load = stack.load(8);
     std::thread::sleep(Duration::from_secs(2));
-    docker_ok(&["kill", &stack.upstream(2)]);
+    // SIGKILL, as `docker kill` sends: the process dies at once, its connections with it.
+    stack.upstream(2).stop_with_timeout(Some(0)).unwrap();
     assert!(wait_until(WAIT, || stack.healthy(2) == Some(false)), "never marked down:\n{}", stack.logs());
     let report = load.join().unwrap();
     assert!(non_200(&report).is_empty(), "failed requests: {:?}", non_200(&report));
@@ -229,13 +245,13 @@ fn killing_an_upstream_container_fails_no_request_and_it_is_marked_down() {
 
 #[test]
 fn a_paused_upstream_gives_504s_within_the_timeout_then_is_marked_down_and_comes_back() {
-    if !image() {
+    if !engine("a_paused_upstream_gives_504s_within_the_timeout_then_is_marked_down_and_comes_back") {
         return;
     }
     let stack = Stack::start("pause", &config(&[1, 2, 3]));
     let load = stack.load(10);
     std::thread::sleep(Duration::from_secs(2));
-    docker_ok(&["pause", &stack.upstream(2)]);
+    done(stack.upstream(2).pause()).unwrap();
     assert!(wait_until(WAIT, || stack.healthy(2) == Some(false)), "never marked down:\n{}", stack.logs());
     let report = load.join().unwrap();
     // Requests already sent to the frozen server time out; nothing else fails.
@@ -245,32 +261,32 @@ fn a_paused_upstream_gives_504s_within_the_timeout_then_is_marked_down_and_comes
         report["latency_us"]["max"].as_u64().unwrap() < 3_000_000 + 1_500_000,
         "a request waited past the timeout: {report}"
     );
-    docker_ok(&["unpause", &stack.upstream(2)]);
+    done(stack.upstream(2).unpause()).unwrap();
     assert!(wait_until(WAIT, || stack.healthy(2) == Some(true)), "never came back");
 }
 
 #[test]
 fn a_disconnected_upstream_goes_down_and_comes_back_when_reconnected() {
-    if !image() {
+    if !engine("a_disconnected_upstream_goes_down_and_comes_back_when_reconnected") {
         return;
     }
     let stack = Stack::start("net", &config(&[1, 2, 3]));
-    docker_ok(&["network", "disconnect", &stack.id, &stack.upstream(3)]);
+    stack.network(3, false);
     assert!(wait_until(WAIT, || stack.healthy(3) == Some(false)), "never marked down");
-    docker_ok(&["network", "connect", "--alias", "upstream3", &stack.id, &stack.upstream(3)]);
+    stack.network(3, true);
     assert!(wait_until(WAIT, || stack.healthy(3) == Some(true)), "never came back");
 }
 
 #[test]
 fn sighup_with_a_changed_mounted_config_moves_traffic_and_fails_nothing() {
-    if !image() {
+    if !engine("sighup_with_a_changed_mounted_config_moves_traffic_and_fails_nothing") {
         return;
     }
     let stack = Stack::start("hup", &config(&[1, 2, 3]));
     let load = stack.load(6);
     std::thread::sleep(Duration::from_secs(2));
     stack.write_config(&config(&[1, 2]));
-    docker_ok(&["kill", "-s", "HUP", &stack.proxy()]);
+    stack.sighup();
     assert!(wait_until(WAIT, || stack.healthy(3).is_none()), "upstream3 still in the config:\n{}", stack.logs());
     let http = client();
     for _ in 0..30 {
@@ -286,11 +302,12 @@ fn sighup_with_a_changed_mounted_config_moves_traffic_and_fails_nothing() {
 
 #[test]
 fn a_restarted_proxy_container_comes_back_and_serves() {
-    if !image() {
+    if !engine("a_restarted_proxy_container_comes_back_and_serves") {
         return;
     }
     let mut stack = Stack::start("restart", &config(&[1, 2, 3]));
-    docker_ok(&["restart", "-t", "10", &stack.proxy()]);
+    stack.proxy().stop_with_timeout(Some(10)).unwrap();
+    stack.proxy().start().unwrap();
     stack.read_ports();
     assert!(
         wait_until(WAIT, || client().get(stack.url("/")).send().is_ok_and(|r| r.status() == 200)),
@@ -301,7 +318,7 @@ fn a_restarted_proxy_container_comes_back_and_serves() {
 
 #[test]
 fn the_reload_gate_runs_the_simulator_shipped_in_the_image() {
-    if !image() {
+    if !engine("the_reload_gate_runs_the_simulator_shipped_in_the_image") {
         return;
     }
     // No `reload.simulator`: the gate finds /usr/local/bin/locci-sim beside the proxy.
