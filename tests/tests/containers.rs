@@ -44,20 +44,21 @@ fn engine(test: &str) -> bool {
 
 /// Builds the runtime image from the binaries the tests use (once per test run).
 fn image() -> GenericImage {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let base = Command::new("bash").arg(repo().join("scripts/base-image")).status().unwrap();
-        assert!(base.success(), "scripts/base-image failed");
-        GenericBuildableImage::new(IMAGE.0, IMAGE.1)
-            .with_dockerfile(repo().join("docker/Dockerfile.runtime"))
-            .with_file(binary(), "locci-proxy")
-            // The image ships the seeded simulator beside the proxy, for the reload gate.
-            .with_file(simulator(), "locci-sim")
-            .with_file(repo().join("docker/config.yaml"), "config.yaml")
-            .build_image()
-            .expect("the runtime image builds");
-    });
-    GenericImage::new(IMAGE.0, IMAGE.1)
+    static BUILT: OnceLock<GenericImage> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let base = Command::new("bash").arg(repo().join("scripts/base-image")).status().unwrap();
+            assert!(base.success(), "scripts/base-image failed");
+            GenericBuildableImage::new(IMAGE.0, IMAGE.1)
+                .with_dockerfile(repo().join("docker/Dockerfile.runtime"))
+                .with_file(binary(), "locci-proxy")
+                // The image ships the seeded simulator beside the proxy, for the reload gate.
+                .with_file(simulator(), "locci-sim")
+                .with_file(repo().join("docker/config.yaml"), "config.yaml")
+                .build_image()
+                .expect("the runtime image builds")
+        })
+        .clone()
 }
 
 /// Runs an operation testcontainers 0.27 declares `async` on its blocking container although it blocks

@@ -141,7 +141,7 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
 fn a_real_prometheus_answers_every_dashboard_query_and_fires_the_alerts_the_traffic_makes_true() {
     let b = backends(2);
     let dead = [free_addr(), free_addr()];
-    let mut proxy = Proxy::start(&config(&b, &dead));
+    let proxy = Proxy::start(&config(&b, &dead));
     let prom = Prometheus::start(proxy.control, KEY);
     // The first scrape succeeds with the key from the file (up is 1, not 0 for a 401).
     assert!(
