@@ -50,11 +50,16 @@ bench:
     cargo build -q --release -j {{jobs}} -p locci-proxy
     cargo bench -j {{jobs}} -p locci-benches -- --warm-up-time 1 --measurement-time 3
 
-# The release gate: run the benches, compare with benches/baseline.json, fail on a regression (THRESHOLD=0.30).
-bench-gate: bench
+# The release gate: this tree against a baseline revision (BASE=tag-or-commit; default the last tag, else the
+# commit that recorded benches/baseline.json), built and benched in one run, interleaved, judged on the ratio.
+bench-gate:
     python3 benches/scripts/gate.py
 
-# Save the latest bench results as the new baseline (commit benches/baseline.json with the reason).
+# The gate's own proof: with server selection planted twice as slow, the gate must fail.
+bench-gate-proof:
+    ! SLOWDOWN=benches/scripts/slowdown-select.patch BENCHES=core python3 benches/scripts/gate.py
+
+# Run the gate and record the candidate's medians in benches/baseline.json (commit it with the reason).
 bench-baseline:
     python3 benches/scripts/gate.py --update
 
