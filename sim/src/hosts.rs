@@ -481,46 +481,55 @@ async fn on_connection(mut stream: TcpStream, head: &[u8], pool: &Idle) -> std::
             if response.is_empty() {
                 return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed before an answer"));
             }
-            // Closed: whole only when the framing says the body ends with the connection.
             return Ok((status_of(&response)?, whole(&response)));
         }
         response.extend_from_slice(&buf[..n]);
-        if let Some(Framed { keep, whole }) = framed(&response) {
-            let status = status_of(&response)?;
-            if keep {
-                pool.borrow_mut().push(stream);
-            }
-            return Ok((status, whole));
+        // A connection kept alive must hold exactly the body its head declares: a byte more would be read as
+        // the next request's answer.
+        let (whole, keep) = match framing(&response) {
+            Framing::Partial | Framing::UntilClose => continue,
+            Framing::Overrun => (false, false),
+            Framing::Complete { keep } => (true, keep),
+        };
+        let status = status_of(&response)?;
+        if keep {
+            pool.borrow_mut().push(stream);
         }
+        return Ok((status, whole));
     }
 }
 
-/// A response read whole by its own framing (Content-Length or chunked), and whether the connection may be
-/// used again.
-struct Framed {
-    keep: bool,
-    whole: bool,
+/// How far a response has come, by its own framing (Content-Length or chunked).
+enum Framing {
+    /// The head, or the body it declares, is not all there yet.
+    Partial,
+    /// Neither length nor chunks: the body ends when the connection does.
+    UntilClose,
+    /// Whole; `keep`: the connection may carry another request.
+    Complete { keep: bool },
+    /// More bytes than the head declared.
+    Overrun,
 }
 
-/// Whether `response` is a whole answer by its framing (`None`: read on; a body delimited by the close is
-/// never whole before the close).
-fn framed(response: &[u8]) -> Option<Framed> {
-    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+fn framing(response: &[u8]) -> Framing {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return Framing::Partial };
     let (head, body) = (String::from_utf8_lossy(&response[..end]), &response[end + 4..]);
-    let header = |name: &str| header(&head, name);
-    let done = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+    let done = if header(&head, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
         body.ends_with(b"0\r\n\r\n")
     } else {
-        let length = header("content-length").and_then(|v| v.parse::<usize>().ok())?;
+        let Some(length) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) else {
+            return Framing::UntilClose;
+        };
         if body.len() > length {
-            // Bytes past the declared body would be read as the next request's answer.
-            return Some(Framed { keep: false, whole: false });
+            return Framing::Overrun;
         }
         body.len() == length
     };
-    let http10 = head.starts_with("HTTP/1.0");
-    let close = header("connection").is_some_and(|c| c.contains("close"));
-    done.then_some(Framed { keep: !close && !http10, whole: true })
+    if !done {
+        return Framing::Partial;
+    }
+    let close = head.starts_with("HTTP/1.0") || header(&head, "connection").is_some_and(|c| c.contains("close"));
+    Framing::Complete { keep: !close }
 }
 
 fn header(head: &str, name: &str) -> Option<String> {
@@ -539,18 +548,10 @@ fn status_of(response: &[u8]) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status line"))
 }
 
-/// Whether a response read to the connection's end holds the whole body its head declares (by
-/// Content-Length or chunked framing; a body delimited by the close is whole by definition).
+/// Whether a response read to the connection's end holds the whole body its head declares (a body delimited
+/// by the close is whole by definition; bytes past a declared length cannot be told from a longer body here).
 fn whole(response: &[u8]) -> bool {
-    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
-    let (head, body) = (String::from_utf8_lossy(&response[..end]), &response[end + 4..]);
-    if header(&head, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        body.ends_with(b"0\r\n\r\n")
-    } else if let Some(length) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.len() >= length
-    } else {
-        true
-    }
+    matches!(framing(response), Framing::Complete { .. } | Framing::UntilClose | Framing::Overrun)
 }
 
 /// What an attacker connection does.

@@ -552,12 +552,9 @@ fn shrink(
         }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
+    let flag = if swarm { " --swarm" } else { "" };
     let name = format!("{}-{seed}{}", scenario.name, if swarm { "-swarm" } else { "" });
-    eprintln!(
-        "shrink: {} seed {seed}{} while {invariant} fails (at most {budget} runs)",
-        path.display(),
-        if swarm { " --swarm" } else { "" }
-    );
+    eprintln!("shrink: {} seed {seed}{flag} while {invariant} fails (at most {budget} runs)", path.display());
     let job = locci_sim::shrink::Job { original: &text, dir, seed, swarm, invariant: &invariant, budget, name: &name };
     let shrunk = match locci_sim::shrink::shrink(&job, &mut runner) {
         Ok(s) => s,
@@ -568,24 +565,21 @@ fn shrink(
     };
     let out = out.unwrap_or_else(|| PathBuf::from(format!("scenarios/regressions/{name}.yaml")));
     let header = format!(
-        "# Shrunk by `locci-sim shrink {} --seed {seed}{}`: {invariant} fails on seed {seed}.\n# Reductions kept: {}.\n",
+        "# Shrunk by `locci-sim shrink {} --seed {seed}{flag}`: {invariant} fails on seed {seed}.\n# Reductions kept: {}.\n",
         path.display(),
-        if swarm { " --swarm" } else { "" },
         if shrunk.kept.is_empty() { "none".to_string() } else { shrunk.kept.join("; ") }
     );
-    let yaml = shrunk.yaml;
     let written = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&out, format!("{header}{yaml}")));
+        .and_then(|()| std::fs::write(&out, format!("{header}{}", shrunk.yaml)));
     if let Err(e) = written {
         eprintln!("locci-sim: cannot write {}: {e}", out.display());
         return ExitCode::from(SIM_ERROR);
     }
     let list = std::fs::read_to_string(regressions).unwrap_or_default();
-    let note =
-        format!("shrunk from {} seed {seed}{}: {invariant}", path.display(), if swarm { " --swarm" } else { "" });
+    let note = format!("shrunk from {} seed {seed}{flag}: {invariant}", path.display());
     if let Err(e) = std::fs::write(regressions, locci_sim::shrink::append_regression(&list, &out, seed, &note)) {
         eprintln!("locci-sim: cannot write {}: {e}", regressions.display());
         return ExitCode::from(SIM_ERROR);

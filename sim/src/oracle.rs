@@ -400,38 +400,35 @@ fn named_hosts(s: &Scenario, config: &str) -> Vec<String> {
 fn generations(s: &Scenario, events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
     // (from, servers of the config in force from then)
     let mut periods: Vec<(u64, Vec<String>)> = vec![(0, named_hosts(s, &s.proxy.config))];
-    let (mut generation, mut problems, mut first, mut reloads) = (1u64, Vec::new(), None, 0);
-    let mut wrong = |t: u64, what: String, problems: &mut Vec<String>| {
-        first.get_or_insert(t);
-        problems.push(what);
-    };
+    let (mut generation, mut reloads, mut misrouted) = (1u64, 0, 0);
+    // (time, what) of each problem, reloads first: the first one is the verdict's first violation.
+    let mut problems: Vec<(u64, String)> = Vec::new();
     for e in events {
         let Event::Reload { t_us, step, generation: now, error } = e else { continue };
         reloads += 1;
         let Some(crate::scenario::Fault::Reload(r)) = s.timeline.get(*step).map(|e| &e.fault) else {
-            wrong(*t_us, format!("a reload at {} the timeline does not have", fmt_us(*t_us)), &mut problems);
+            problems.push((*t_us, format!("a reload at {} the timeline does not have", fmt_us(*t_us))));
             continue;
         };
         match (error, r.refused) {
             (None, false) => {
                 if *now != generation + 1 {
                     let what = format!("timeline[{step}] applied as generation {now}, after {generation}");
-                    wrong(*t_us, what, &mut problems);
+                    problems.push((*t_us, what));
                 }
                 periods.push((*t_us, named_hosts(s, &r.config)));
             }
             (Some(_), true) => {
                 if *now != generation {
                     let what = format!("timeline[{step}] refused, yet generation {generation} became {now}");
-                    wrong(*t_us, what, &mut problems);
+                    problems.push((*t_us, what));
                 }
             }
-            (None, true) => wrong(*t_us, format!("timeline[{step}] should be refused, was applied"), &mut problems),
-            (Some(e), false) => wrong(*t_us, format!("timeline[{step}] refused: {e}"), &mut problems),
+            (None, true) => problems.push((*t_us, format!("timeline[{step}] should be refused, was applied"))),
+            (Some(e), false) => problems.push((*t_us, format!("timeline[{step}] refused: {e}"))),
         }
         generation = *now;
     }
-    let mut misrouted = 0;
     for e in events {
         let Event::Received { t_us, host, id, .. } = e else { continue };
         let Some(issued) = reqs.get(id).map(|r| r.t_us) else { continue };
@@ -444,7 +441,7 @@ fn generations(s: &Scenario, events: &[Event], reqs: &BTreeMap<u64, Request>) ->
             misrouted += 1;
             if misrouted == 1 {
                 let what = format!("request {id} issued at {} reached {host}, in no config in force", fmt_us(issued));
-                wrong(*t_us, what, &mut problems);
+                problems.push((*t_us, what));
             }
         }
     }
@@ -453,8 +450,10 @@ fn generations(s: &Scenario, events: &[Event], reqs: &BTreeMap<u64, Request>) ->
             "{reloads} reload(s) as the timeline says; every delivery by a config in force (generation {generation})"
         )
     } else {
-        format!("{} ({misrouted} delivery(ies) misrouted)", problems.join("; "))
+        let what: Vec<&str> = problems.iter().map(|(_, w)| w.as_str()).collect();
+        format!("{} ({misrouted} delivery(ies) misrouted)", what.join("; "))
     };
+    let first = problems.first().map(|(t, _)| *t);
     verdict("generations", problems.is_empty(), detail, first)
 }
 
