@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
 use locci_core::config::{Config, ConfigErrors, OnError, PreflightMode};
 use locci_core::edge::ClientError;
@@ -18,11 +18,37 @@ use pingora_core::server::configuration::ServerConf;
 use crate::config_file::{self, Overrides};
 use crate::gate::Verdict;
 use crate::observe::Metrics;
+use crate::observe::spans::{FinishedSpan, SpanExport};
 use crate::server::edge::Edge;
 use crate::server::gateway::Gateway;
 use crate::server::health::HealthDriver;
 use crate::server::rate_store::{RateStores, RedisStores};
 use crate::server::transport::{NativeTransport, Prober, TcpProber, UpstreamTransport};
+
+/// The span exporter `runtime`'s config asks for: `running` when it is the same one, a new one, or none.
+fn span_export(
+    runtime: &Runtime,
+    running: Option<Arc<SpanExport>>,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+) -> Option<Arc<SpanExport>> {
+    let section = &runtime.config().tracing;
+    let endpoint = section.otlp_endpoint.as_ref()?;
+    let key = SpanExport::key_of(endpoint, &section.service_name);
+    if let Some(running) = running.filter(|r| *r.key() == key) {
+        return Some(running);
+    }
+    match SpanExport::start(endpoint, &section.service_name, metrics.span_counts(), Arc::clone(clock)) {
+        Ok(export) => {
+            tracing::info!(endpoint = %endpoint, service = %section.service_name, "exporting request spans over OTLP/HTTP");
+            Some(Arc::new(export))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the span exporter's thread; spans are not exported");
+            None
+        }
+    }
+}
 
 /// What differs between production and simulation: time, randomness and the network.
 #[derive(Clone)]
@@ -142,6 +168,8 @@ pub struct Shared {
     logged: [std::sync::atomic::AtomicU64; LogLine::COUNT],
     /// Serialises changes so each builds on the one before it.
     change: Mutex<()>,
+    /// The span exporter, while `tracing.otlp_endpoint` is set.
+    spans: ArcSwapOption<SpanExport>,
 }
 
 impl Shared {
@@ -150,10 +178,12 @@ impl Shared {
         let now = env.clock.now();
         let runtime = Runtime::build(valid, None, 1, now);
         let cas = ArcSwap::from_pointee(read_cas(&runtime));
+        let metrics = Metrics::new()?;
+        let spans = ArcSwapOption::from(span_export(&runtime, None, &metrics, &env.clock));
         Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             env,
-            metrics: Metrics::new()?,
+            metrics,
             source,
             started: now,
             cas,
@@ -162,7 +192,24 @@ impl Shared {
             connections: AtomicUsize::new(0),
             logged: Default::default(),
             change: Mutex::new(()),
+            spans,
         }))
+    }
+
+    /// Stops the span export, waiting up to `wait` for the spans it holds to be sent (at shutdown).
+    pub fn finish_spans(&self, wait: Duration) {
+        if let Some(export) = self.spans.swap(None) {
+            SpanExport::finish(export, wait);
+        }
+    }
+
+    /// Hands a sampled request's span to the exporter, when there is one; a full queue drops and counts it.
+    pub fn export_span(&self, span: impl FnOnce() -> FinishedSpan) {
+        if let Some(export) = &*self.spans.load()
+            && !export.offer(span())
+        {
+            self.metrics.span_counts().add("dropped", 1);
+        }
     }
 
     /// The runtime new requests use.
@@ -282,6 +329,10 @@ impl Shared {
         let generation = old.generation() + 1;
         let next = Runtime::build(valid, Some(old), generation, self.env.clock.now());
         self.cas.store(Arc::new(read_cas(&next)));
+        // The exporter is kept while its endpoint and service name are; otherwise the old one sends what it
+        // holds and ends, and a new one starts.
+        let spans = span_export(&next, self.spans.load_full(), &self.metrics, &self.env.clock);
+        self.spans.store(spans);
         self.runtime.store(Arc::new(next));
         generation
     }

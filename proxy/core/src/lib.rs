@@ -20,6 +20,7 @@ pub mod request;
 pub mod respond;
 pub mod route;
 pub mod runtime;
+pub mod trace;
 pub mod upstream;
 
 pub use config::{Config, ConfigError, ConfigErrors, ValidConfig};

@@ -196,6 +196,11 @@ impl Runtime {
         Duration::from_secs(self.config.server.connection_pool.idle_timeout_secs)
     }
 
+    /// The share of new traces sampled (SPEC §14).
+    pub fn sample_ratio(&self) -> f64 {
+        self.config.tracing.sample_ratio
+    }
+
     /// Whether upstream connections are kept for reuse (`max_idle: 0` turns reuse off).
     pub fn upstream_keepalive(&self) -> bool {
         self.config.server.connection_pool.max_idle > 0

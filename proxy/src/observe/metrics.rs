@@ -31,6 +31,18 @@ pub struct Metrics {
     ejections: IntCounterVec,
     overflow: IntCounterVec,
     panic: IntGaugeVec,
+    spans: SpanCounts,
+}
+
+/// The span export's counts by result (exported, failed, dropped), shared with the exporter's thread.
+#[derive(Clone)]
+pub struct SpanCounts(IntCounterVec);
+
+impl SpanCounts {
+    /// Counts `n` spans that ended with `result`.
+    pub fn add(&self, result: &str, n: u64) {
+        self.0.with_label_values(&[result]).inc_by(n);
+    }
 }
 
 impl Metrics {
@@ -113,6 +125,14 @@ impl Metrics {
             &["upstream"],
         )?;
         registry.register(Box::new(panic.clone()))?;
+        let spans = counter(
+            "locci_trace_spans_total",
+            "Request spans by export result: exported, failed (the collector refused or did not answer), dropped (queue full).",
+            &["result"],
+        )?;
+        for result in ["exported", "failed", "dropped"] {
+            spans.with_label_values(&[result]);
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -132,6 +152,7 @@ impl Metrics {
             ejections,
             overflow,
             panic,
+            spans: SpanCounts(spans),
         })
     }
 
@@ -185,6 +206,11 @@ impl Metrics {
     /// Counts a request or retry refused by a limit (`kind`: requests | retries | budget).
     pub fn overflow(&self, upstream: &str, kind: &str) {
         self.overflow.with_label_values(&[upstream, kind]).inc();
+    }
+
+    /// The span export's counters.
+    pub fn span_counts(&self) -> SpanCounts {
+        self.spans.clone()
     }
 
     /// Counts a reload attempt.

@@ -1,5 +1,6 @@
-//! Observability: Prometheus metrics, fed from the pipeline's outcomes in one place.
+//! Observability: Prometheus metrics, fed from the pipeline's outcomes in one place, and request spans.
 
 mod metrics;
+pub mod spans;
 
-pub use metrics::{Metrics, NO_LABEL};
+pub use metrics::{Metrics, NO_LABEL, SpanCounts};

@@ -15,6 +15,7 @@ use locci_core::middleware::{Now, Rejection};
 use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
 use locci_core::runtime::Served;
+use locci_core::trace::TraceContext;
 use locci_core::upstream::{InFlight, Live, Pool, RetryReason, Transition};
 use locci_core::{Plan, Runtime};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -27,6 +28,7 @@ use super::health::log_transition;
 use super::transport::resolve;
 use crate::app::{RequestGuard, Shared};
 use crate::observe::NO_LABEL;
+use crate::observe::spans::FinishedSpan;
 
 /// The locci proxy application.
 pub struct Gateway {
@@ -49,6 +51,8 @@ impl Gateway {
         ctx.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.peer);
         ctx.client_ip = forwarding::client_ip(ctx.peer, headers.get("x-forwarded-for"), runtime.trusted());
         ctx.request_id = forwarding::request_id(headers.get("x-request-id"), &*self.shared.env.entropy).into_owned();
+        ctx.trace =
+            TraceContext::start(one_value(header, "traceparent"), runtime.sample_ratio(), &*self.shared.env.entropy);
         let uri = &header.uri;
         let path = match runtime.normalize_path(uri.path()) {
             Ok(path) => path,
@@ -180,6 +184,8 @@ pub struct RequestCtx {
     runtime: Option<Arc<Runtime>>,
     started: Option<Instant>,
     request_id: String,
+    /// Its place in its trace (W3C trace context).
+    trace: TraceContext,
     /// The TCP peer.
     peer: IpAddr,
     /// The client as the core sees it (the peer, or from X-Forwarded-For behind a trusted proxy).
@@ -233,6 +239,7 @@ impl ProxyHttp for Gateway {
             runtime: None,
             started: None,
             request_id: String::new(),
+            trace: TraceContext::NONE,
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
@@ -412,6 +419,10 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("traceparent", ctx.trace.traceparent())?;
+        if !ctx.trace.keeps_tracestate() {
+            upstream.remove_header("tracestate");
+        }
         if !ctx.runtime.as_ref().is_none_or(|r| r.upstream_keepalive()) {
             // Pingora's pool keeps a connection even at size 0; asking the server to close is what stops reuse.
             upstream.insert_header("connection", "close")?;
@@ -590,9 +601,28 @@ impl ProxyHttp for Gateway {
                 upstream_latency: ctx.upstream_latency,
             });
         }
+        if ctx.trace.sampled && ctx.trace.trace_id != 0 {
+            let start = std::time::UNIX_EPOCH + ctx.started_unix;
+            self.shared.export_span(|| FinishedSpan {
+                trace_id: ctx.trace.trace_id,
+                span_id: ctx.trace.span_id,
+                parent: ctx.trace.parent,
+                start,
+                end: start + elapsed,
+                method: header.method.as_str().to_owned(),
+                path: header.uri.path().to_owned(),
+                route: ctx.route.clone(),
+                status,
+                upstream: ctx.pool().map(|p| p.name().to_owned()),
+                server: ctx.last_server.clone(),
+                request_id: ctx.request_id.clone(),
+                client_ip: ctx.client_ip,
+            });
+        }
         tracing::info!(
             target: "locci::request",
             request_id = %ctx.request_id,
+            trace_id = %ctx.trace.trace_id(),
             method = %header.method,
             path = %header.uri.path(),
             route = %ctx.route.as_deref().unwrap_or("-"),
@@ -605,6 +635,17 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
+}
+
+/// A header's value when the request has exactly one; two or more are as invalid as a bad one (W3C Trace
+/// Context §3.2: a vendor that receives several `traceparent` headers treats them as invalid).
+fn one_value<'h>(header: &'h RequestHeader, name: &str) -> Option<&'h str> {
+    let mut values = header.headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some("");
+    }
+    Some(first.to_str().unwrap_or(""))
 }
 
 /// A rate-limit key's hash as the log and the traffic profile show it, "-" when there is none.

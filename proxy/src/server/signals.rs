@@ -16,6 +16,9 @@ use crate::app::Shared;
 /// Pingora keeps accepting this long after handing its sockets to a new process (its CLOSE_TIMEOUT).
 pub const UPGRADE_HANDOVER: Duration = Duration::from_secs(5);
 
+/// How long an exit waits for the last spans to reach the collector.
+const SPAN_FLUSH: Duration = Duration::from_secs(5);
+
 /// How often the drain watcher looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -43,6 +46,7 @@ impl Signals {
                 waited += DRAIN_POLL;
             }
             tracing::info!(in_flight = shared.inflight(), "drained, exiting");
+            shared.finish_spans(SPAN_FLUSH);
             std::process::exit(0);
         });
         if let Err(e) = spawned {

@@ -35,6 +35,29 @@ pub struct Config {
     /// What a reload checks before it applies (the preflight gate).
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Trace context and span export (SPEC §14).
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// The `tracing` section: sampling of new traces and the optional OTLP/HTTP export of one span per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's base URL (spans are POSTed to `/v1/traces`); no export when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<SecretUrl>,
+    /// The share of new traces sampled, 0 to 1; an incoming `traceparent`'s flag wins.
+    pub sample_ratio: f64,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        // OpenTelemetry's default sampler, parent-based over always-on, samples every new trace too.
+        Self { otlp_endpoint: None, sample_ratio: 1.0, service_name: "locci".into() }
+    }
 }
 
 /// The `reload` section: a preflight simulation of each reload against budgets (SPEC §11).

@@ -103,6 +103,26 @@ fn secrets_do_not_show_in_debug_output() {
     assert!(!format!("{valid:?}").contains("hunter2-secret"));
 }
 
+#[test]
+fn the_tracing_section_is_checked_and_its_endpoint_never_shows_its_credentials() {
+    let valid = load(LB, &env(&[])).unwrap();
+    assert_eq!(valid.config.tracing.sample_ratio, 1.0, "parent-based over always-on, as OpenTelemetry's default");
+    assert_eq!(valid.config.tracing.service_name, "locci");
+    assert!(valid.config.tracing.otlp_endpoint.is_none());
+    let bad = format!(
+        "{LB}tracing: {{ otlp_endpoint: \"ftp://user:hunter2@collector:4318\", sample_ratio: 1.5, service_name: \" \" }}\n"
+    );
+    let problems = errors(&bad).join("\n");
+    assert!(problems.contains("tracing.sample_ratio: must be between 0 and 1"), "{problems}");
+    assert!(problems.contains("tracing.service_name: must not be empty"), "{problems}");
+    assert!(problems.contains("tracing.otlp_endpoint: ftp://[redacted]@collector:4318 is not an http"), "{problems}");
+    assert!(!problems.contains("hunter2"), "{problems}");
+    let good = format!("{LB}tracing: {{ otlp_endpoint: \"http://user:hunter2@127.0.0.1:4318\", sample_ratio: 0.1 }}\n");
+    let valid = load(&good, &env(&[])).unwrap();
+    assert!(!format!("{:?}", valid.config).contains("hunter2"));
+    assert!(!serde_json::to_string(&valid.config).unwrap().contains("hunter2"));
+}
+
 fn arb_config() -> impl Strategy<Value = Config> {
     let server = (1u16..65535, prop::option::of(1usize..16), 1u64..100);
     let strategy = prop::sample::select(vec![
@@ -171,6 +191,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 api_gateway: Some(ApiGatewayConfig { routes, middlewares: MiddlewaresConfig::default() }),
                 control_api: ControlApiConfig::default(),
                 reload: ReloadConfig::default(),
+                tracing: TracingConfig::default(),
             }
         },
     )

@@ -55,6 +55,7 @@ pub fn validate(mut config: Config) -> Result<ValidConfig, ConfigErrors> {
     let client = ClientLimits::compile(&config.server.client, &mut |path, msg| p.add(path, msg));
     check_logging(&config, &mut p);
     check_reload(&config, &mut p);
+    check_tracing(&config, &mut p);
     let groups: Vec<GroupSpec> = config.upstreams.iter().filter_map(|(name, u)| group_spec(name, u, &mut p)).collect();
     let group_index = |name: &str| config.upstreams.get_index_of(name);
     let middlewares = match &config.api_gateway {
@@ -218,6 +219,23 @@ fn check_logging(config: &Config, p: &mut Problems) {
     let level = config.logging.level.to_ascii_lowercase();
     if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
         p.add("logging.level", format!("{:?} is not one of trace, debug, info, warn, error", config.logging.level));
+    }
+}
+
+fn check_tracing(config: &Config, p: &mut Problems) {
+    let t = &config.tracing;
+    if !(t.sample_ratio.is_finite() && (0.0..=1.0).contains(&t.sample_ratio)) {
+        p.add("tracing.sample_ratio", "must be between 0 and 1");
+    }
+    if t.service_name.trim().is_empty() {
+        p.add("tracing.service_name", "must not be empty");
+    }
+    if let Some(endpoint) = &t.otlp_endpoint {
+        match url::Url::parse(endpoint.expose()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            // The value is shown redacted: a collector URL may carry credentials.
+            _ => p.add("tracing.otlp_endpoint", format!("{endpoint} is not an http:// or https:// URL")),
+        }
     }
 }
 
