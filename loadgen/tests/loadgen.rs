@@ -337,7 +337,7 @@ fn a_scenario_mix_and_its_stages_are_played_against_a_real_target() {
     ]);
     assert!(status.success(), "{text}");
     let received = b.received();
-    let a = received.iter().filter(|(_, _, p)| p == "/a").count() as f64;
+    let a = received.iter().filter(|r| r.path == "/a").count() as f64;
     let n = received.len() as f64;
     // 1 s ramping 200 -> 400 (300) then 1 s at 400: about 700 requests.
     assert!((n - 700.0).abs() < 100.0, "{n} requests: {r}");
@@ -359,7 +359,7 @@ fn a_simulator_scenario_file_drives_a_staging_run_and_a_bad_one_is_refused() {
     assert!(status.success(), "{text}");
     // 50/s for 1 s, of which a fifth are orders (POST with a body).
     assert_eq!(r["requests"].as_u64(), Some(50), "{r}");
-    let orders = b.received().iter().filter(|(_, _, p)| p == "/orders").count();
+    let orders = b.received().iter().filter(|r| r.path == "/orders").count();
     assert!((3..=20).contains(&orders), "{orders} orders");
     let dir = tempfile_dir();
     let bad = dir.join("bad.yaml");

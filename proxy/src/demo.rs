@@ -37,7 +37,22 @@ struct BackendState {
     /// The `x-request-id` of each request, in arrival order (at most MAX_RECEIVED).
     request_ids: std::sync::Mutex<Vec<String>>,
     requests: AtomicU64,
-    received: std::sync::Mutex<Vec<(tokio::time::Instant, Option<u64>, String)>>,
+    received: std::sync::Mutex<Vec<Received>>,
+}
+
+/// A request a backend received, as the simulator's upstream records one.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// When it arrived.
+    pub at: tokio::time::Instant,
+    /// Its `x-sim-id`, when it had one.
+    pub id: Option<u64>,
+    /// Its path.
+    pub path: String,
+    /// Its `traceparent` and `tracestate`.
+    pub traceparent: Option<String>,
+    /// Its `tracestate`.
+    pub tracestate: Option<String>,
 }
 
 /// A running demo backend; it stops when dropped.
@@ -110,9 +125,8 @@ impl Backend {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// When each request arrived, with its `x-sim-id` header when it had one, and its path (at most
-    /// [`MAX_RECEIVED`]).
-    pub fn received(&self) -> Vec<(tokio::time::Instant, Option<u64>, String)> {
+    /// Every request received, in order (at most [`MAX_RECEIVED`]).
+    pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -147,7 +161,14 @@ async fn echo(State(state): State<Arc<BackendState>>, req: Request) -> Response 
         && received.len() < MAX_RECEIVED
     {
         let id = req.headers().get("x-sim-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        received.push((tokio::time::Instant::now(), id, req.uri().path().to_string()));
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        received.push(Received {
+            at: tokio::time::Instant::now(),
+            id,
+            path: req.uri().path().to_string(),
+            traceparent: header("traceparent"),
+            tracestate: header("tracestate"),
+        });
     }
     if let (Ok(mut ids), Some(id)) = (state.request_ids.lock(), req.headers().get("x-request-id"))
         && ids.len() < MAX_RECEIVED

@@ -107,6 +107,7 @@ async fn serve_one(
 ) -> std::io::Result<()> {
     let head = read_head(&mut stream).await?;
     let (path, id) = parse_request(&head);
+    let [traceparent, tracestate] = ["traceparent", "tracestate"].map(|name| header_value(&head, name));
     drain_body(&mut stream, &head).await?;
     let health = path == "/health";
     let b = behaviour.borrow().clone();
@@ -118,6 +119,8 @@ async fn serve_one(
             host: name.to_string(),
             id: id.unwrap_or(u64::MAX),
             path: path.clone(),
+            traceparent,
+            tracestate,
         });
     }
     if b.hang {
@@ -243,6 +246,16 @@ fn parse_request(head: &[u8]) -> (String, Option<u64>) {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-sim-id"))
         .and_then(|(_, v)| v.trim().parse().ok());
     (path, id)
+}
+
+/// A header's value in a request head (the first one, trimmed).
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
 }
 
 /// Commands from the driver to the proxy host.
@@ -419,6 +432,8 @@ async fn send(req: Planned, timeout: Duration, pool: Option<Idle>, trace: &Trace
         key: req.key.as_ref().map(|(_, v)| v.clone()),
         expect: req.expect.clone(),
         upstream_path: req.upstream_path.clone(),
+        traceparent: class_header(&req.headers, "traceparent"),
+        tracestate: class_header(&req.headers, "tracestate"),
     });
     let result = tokio::time::timeout(timeout, exchange(&req, pool.as_ref(), trace)).await;
     let latency_us = us(sent.elapsed());
@@ -429,6 +444,11 @@ async fn send(req: Planned, timeout: Duration, pool: Option<Idle>, trace: &Trace
         Err(_) => Event::Failed { t_us: now_us(), id: req.id, kind: "client_timeout".into(), latency_us },
     };
     trace.push(event);
+}
+
+/// A header the request's class adds, by name.
+fn class_header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 /// The status of the answer, and whether its body arrived whole.

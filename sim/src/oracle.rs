@@ -40,6 +40,10 @@ pub struct Request {
     pub expect: Vec<u16>,
     /// Where the upstream must receive it, when its class says.
     pub upstream_path: Option<String>,
+    /// The trace context the client sent.
+    pub traceparent: Option<String>,
+    /// Its `tracestate`.
+    pub tracestate: Option<String>,
 }
 
 impl Request {
@@ -54,7 +58,7 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
     let mut out = BTreeMap::new();
     for e in events {
         match e {
-            Event::Issued { t_us, id, key, method, path, expect, upstream_path } => {
+            Event::Issued { t_us, id, key, method, path, expect, upstream_path, traceparent, tracestate } => {
                 out.insert(
                     *id,
                     Request {
@@ -67,6 +71,8 @@ pub fn requests(events: &[Event]) -> BTreeMap<u64, Request> {
                         path: path.clone(),
                         expect: expect.clone(),
                         upstream_path: upstream_path.clone(),
+                        traceparent: traceparent.clone(),
+                        tracestate: tracestate.clone(),
                     },
                 );
             }
@@ -134,6 +140,7 @@ pub fn check(s: &Scenario, events: &[Event], end: Duration, swarm: bool) -> Vec<
             Invariant::MetricsMatch(_) => metrics_match(events, &reqs),
             Invariant::Generations(_) => generations(s, events, &reqs),
             Invariant::ClientReuse(r) => client_reuse(events, &reqs, r.min),
+            Invariant::TraceContext(_) => trace_context(events, &reqs),
         })
         .collect()
 }
@@ -760,4 +767,67 @@ fn metrics_match(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
         ),
         Some(t),
     )
+}
+
+/// Every delivery carries a valid `traceparent`. A request that came with a valid one keeps its trace ID and
+/// sampled flag under a span of the proxy's (not the caller's), and its `tracestate` unchanged; one without
+/// (or with an invalid one) gets a trace of its own, different from every other request's, and no
+/// `tracestate`. Every delivery of one request (retries included) carries the same trace and span.
+fn trace_context(events: &[Event], reqs: &BTreeMap<u64, Request>) -> Verdict {
+    use locci_core::trace::parse;
+    let mut problems: Vec<String> = Vec::new();
+    let mut first = None;
+    let mut seen: BTreeMap<u64, (u128, u64)> = BTreeMap::new();
+    let mut new_traces: BTreeMap<u128, u64> = BTreeMap::new();
+    let mut checked = 0;
+    for e in events {
+        let Event::Received { t_us, id, traceparent, tracestate, .. } = e else { continue };
+        let Some(req) = reqs.get(id) else { continue };
+        checked += 1;
+        let mut wrong = |what: String| {
+            first.get_or_insert(*t_us);
+            if problems.len() < 5 {
+                problems.push(format!("request {id}: {what}"));
+            }
+        };
+        let Some(got) = traceparent.as_deref().and_then(parse) else {
+            wrong(format!("reached upstream with traceparent {traceparent:?}"));
+            continue;
+        };
+        match req.traceparent.as_deref().and_then(parse) {
+            Some(sent) => {
+                if got.trace_id != sent.trace_id || got.flags != sent.flags & 1 {
+                    wrong(format!("sent {:?}, upstream got {traceparent:?}", req.traceparent));
+                }
+                if got.span_id == sent.span_id {
+                    wrong("the upstream's parent is the caller's span, not the proxy's".into());
+                }
+                if *tracestate != req.tracestate {
+                    wrong(format!("tracestate {:?} arrived as {tracestate:?}", req.tracestate));
+                }
+            }
+            None => {
+                if tracestate.is_some() {
+                    wrong(format!("a new trace carries the client's tracestate {tracestate:?}"));
+                }
+                if let Some(other) = new_traces.insert(got.trace_id, *id).filter(|other| other != id) {
+                    wrong(format!("shares its new trace with request {other}"));
+                }
+            }
+        }
+        if let Some(before) = seen.insert(*id, (got.trace_id, got.span_id))
+            && before != (got.trace_id, got.span_id)
+        {
+            wrong("a second delivery carries another trace or span".into());
+        }
+    }
+    let ok = problems.is_empty() && checked > 0;
+    let detail = if checked == 0 {
+        "no request reached an upstream".to_string()
+    } else if ok {
+        format!("{checked} deliveries of {} requests carried the right trace context", seen.len())
+    } else {
+        problems.join("; ")
+    };
+    verdict("trace_context", ok, detail, first)
 }

@@ -24,6 +24,11 @@ pub enum Event {
         key: Option<String>,
         expect: Vec<u16>,
         upstream_path: Option<String>,
+        /// The `traceparent` and `tracestate` the client sent, when its class has them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracestate: Option<String>,
     },
     /// A keep-alive client opened a new connection to the proxy for request `id` (none idle); requests sent
     /// on a connection already open have no such event. Only with `sim.keep_alive`.
@@ -35,8 +40,17 @@ pub enum Event {
     /// Request `id` got a response head (`status`) but the connection closed before the body it declared: no
     /// answer for the client, though the proxy counts the head's status.
     Truncated { t_us: u64, id: u64, status: u16, latency_us: u64 },
-    /// Upstream host `host` received request `id` at `path`.
-    Received { t_us: u64, host: String, id: u64, path: String },
+    /// Upstream host `host` received request `id` at `path`, with the trace context the proxy sent.
+    Received {
+        t_us: u64,
+        host: String,
+        id: u64,
+        path: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracestate: Option<String>,
+    },
     /// Upstream host `host` finished with request `id`: it answered `status` (503 at once when shed).
     Served { t_us: u64, host: String, id: u64, status: u16 },
     /// At the end of the run, what the proxy's own metrics counted: answers by status

@@ -121,6 +121,8 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                         key,
                         expect: req.expect.clone(),
                         upstream_path: req.upstream_path.clone(),
+                        traceparent: class_header(&req.headers, "traceparent"),
+                        tracestate: class_header(&req.headers, "tracestate"),
                     });
                     let mut builder = http
                         .request(req.method.parse().unwrap(), format!("{url}{}", req.path))
@@ -191,11 +193,22 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
     oracle::check(&scenario, &events, t0.elapsed(), false)
 }
 
+fn class_header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+}
+
 fn collect_received(b: &Backend, host: &str, t0: tokio::time::Instant, events: &Mutex<Vec<Event>>) {
     let mut events = events.lock().unwrap();
-    for (at, id, path) in b.received() {
-        if let Some(id) = id {
-            events.push(Event::Received { t_us: us(at.duration_since(t0)), host: host.to_string(), id, path });
+    for r in b.received() {
+        if let Some(id) = r.id {
+            events.push(Event::Received {
+                t_us: us(r.at.duration_since(t0)),
+                host: host.to_string(),
+                id,
+                path: r.path,
+                traceparent: r.traceparent,
+                tracestate: r.tracestate,
+            });
         }
     }
 }
@@ -269,4 +282,9 @@ fn the_preflight_world_of_a_config_reproduces_the_real_proxy_s_shares() {
         assert!((real - sim).abs() < 0.03, "{}: real {real:.3}, simulated {sim:.3}", backend.addr);
         assert!((real - weight / 6.0).abs() < 0.03, "{}: real {real:.3}", backend.addr);
     }
+}
+
+#[test]
+fn trace_context_holds_the_same_invariants_against_the_real_binary() {
+    assert_all_hold(&play("scenarios/trace-context.yaml"));
 }

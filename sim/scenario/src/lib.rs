@@ -739,6 +739,8 @@ pub enum Invariant {
     Generations(bool),
     /// At least `min` of the requests go on a connection the client already had open (`sim.keep_alive`).
     ClientReuse(ClientReuse),
+    /// Every delivery carries the W3C trace context SPEC §14 asks for (the client's continued, or a new one).
+    TraceContext(bool),
 }
 
 /// `client_reuse`.
