@@ -1,6 +1,6 @@
 //! Criterion benches of the core's hot paths: route matching (10 and 1000 routes), server selection per
 //! strategy, the rate-limit check (one hot key, 100k keys), JWT verification, a whole plan, and what the
-//! traffic profile adds to a request.
+//! traffic profile adds to a request, and the trace context every request gets.
 //! Run: `just bench` (or `cargo bench -p locci-benches`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -245,5 +245,19 @@ fn profile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_matching, selection, rate_limit, jwt, profile);
+/// What W3C trace context costs a request: continuing the client's trace, or starting one, and writing the
+/// upstream's `traceparent`.
+fn trace(c: &mut Criterion) {
+    use locci_core::trace::TraceContext;
+    let mut g = c.benchmark_group("trace");
+    let entropy = SeededEntropy::new(7);
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    g.bench_function("continue_and_write", |b| {
+        b.iter(|| TraceContext::start(black_box(Some(sent)), 1.0, &entropy).traceparent())
+    });
+    g.bench_function("new_and_write", |b| b.iter(|| TraceContext::start(black_box(None), 0.1, &entropy).traceparent()));
+    g.finish();
+}
+
+criterion_group!(benches, route_matching, selection, rate_limit, jwt, profile, trace);
 criterion_main!(benches);

@@ -170,6 +170,12 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
             Action::Bounce(h) => {
                 hosts.insert(h.clone(), Backend::start(h, addrs[h]).unwrap());
             }
+            // As the simulated server does: the status for every request, its health check included.
+            Action::Status(h, status) => {
+                let b = &hosts[h];
+                b.fail_with(if *status == 200 { 0 } else { *status });
+                b.set_healthy(*status < 500);
+            }
             Action::Reload(_, text) => {
                 proxy.write_config(&real_config(text, &addrs));
                 proxy.signal("HUP");
