@@ -170,6 +170,8 @@ pub struct Shared {
     change: Mutex<()>,
     /// The span exporter, while `tracing.otlp_endpoint` is set.
     spans: ArcSwapOption<SpanExport>,
+    /// The JWKS store whose fetcher was started last (a reload's new store gets its own).
+    jwks: Mutex<std::sync::Weak<locci_core::middleware::jwks::KeyStore>>,
 }
 
 impl Shared {
@@ -180,7 +182,7 @@ impl Shared {
         let cas = ArcSwap::from_pointee(read_cas(&runtime));
         let metrics = Metrics::new()?;
         let spans = ArcSwapOption::from(span_export(&runtime, None, &metrics, &env.clock));
-        Ok(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             env,
             metrics,
@@ -193,7 +195,24 @@ impl Shared {
             logged: Default::default(),
             change: Mutex::new(()),
             spans,
-        }))
+            jwks: Mutex::new(std::sync::Weak::new()),
+        });
+        shared.fetch_jwks(&shared.runtime());
+        Ok(shared)
+    }
+
+    /// Starts the JWKS fetcher of `runtime`'s key set, unless it runs already. The one of a runtime that is
+    /// replaced ends by itself once no request holds that runtime.
+    fn fetch_jwks(&self, runtime: &Runtime) {
+        let Some(store) = runtime.jwks() else { return };
+        let mut started = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        if started.upgrade().is_some_and(|s| Arc::ptr_eq(&s, store)) {
+            return;
+        }
+        match crate::server::jwks::start(store, self.metrics.jwks_counts(), Arc::clone(&self.env.clock)) {
+            Ok(()) => *started = Arc::downgrade(store),
+            Err(e) => tracing::error!(error = %e, "cannot start the JWKS fetcher; tokens needing its keys are refused"),
+        }
     }
 
     /// Stops the span export, waiting up to `wait` for the spans it holds to be sent (at shutdown).
@@ -333,6 +352,7 @@ impl Shared {
         // holds and ends, and a new one starts.
         let spans = span_export(&next, self.spans.load_full(), &self.metrics, &self.env.clock);
         self.spans.store(spans);
+        self.fetch_jwks(&next);
         self.runtime.store(Arc::new(next));
         generation
     }

@@ -27,8 +27,7 @@ fn https_with_the_test_ca_trusted_reaches_the_upstream_over_http1_and_h2() {
     let h1 = reqwest::blocking::Client::builder()
         .no_proxy()
         .http1_only()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
         .build()
         .unwrap();
     let resp = h1.get(&url).send().unwrap();

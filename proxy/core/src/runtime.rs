@@ -14,6 +14,7 @@ use crate::attempt::Attempts;
 use crate::clock::Entropy;
 use crate::config::{Config, Mode, ValidConfig};
 use crate::edge::{ClientError, ClientLimits};
+use crate::middleware::jwks::KeyStore;
 use crate::middleware::{self, Kind, Now, Outcome, Pending, RateLimiter, Rejection, RemoteLimit, Step, StoreReply};
 use crate::profile::{ROUTE_BYTES, RouteProfile, SERVER_BYTES, ServerProfile, ServerStats, TrafficProfile};
 use crate::request::{Body, RequestInfo};
@@ -32,6 +33,8 @@ pub struct Runtime {
     client: ClientLimits,
     /// Per group, per server: its traffic statistics.
     servers: Vec<Vec<Arc<ServerStats>>>,
+    /// The JWKS key set of the authentication middleware.
+    jwks: Option<Arc<KeyStore>>,
 }
 
 /// One request as the traffic profile counts it, when it has ended.
@@ -93,6 +96,11 @@ impl Runtime {
     /// Builds the runtime for `valid`, carrying over state from `previous`.
     pub fn build(valid: ValidConfig, previous: Option<&Runtime>, generation: u64, epoch: Instant) -> Runtime {
         let ValidConfig { config, groups, mut routes, trusted, middlewares, client } = valid;
+        // A reload's verifier starts from the keys in force while it fetches its own (no gap of 401s).
+        let jwks = middlewares.auth.as_ref().and_then(|a| a.jwks().cloned());
+        if let (Some(new), Some(old)) = (&jwks, previous.and_then(|p| p.jwks.as_ref())) {
+            new.adopt(old);
+        }
         let pools: Vec<Arc<Pool>> = groups
             .into_iter()
             .map(|spec| {
@@ -143,7 +151,12 @@ impl Runtime {
                     .collect()
             })
             .collect();
-        Runtime { generation, config: Arc::new(config), routes, pools, trusted, client, servers }
+        Runtime { generation, config: Arc::new(config), routes, pools, trusted, client, servers, jwks }
+    }
+
+    /// The JWKS key set the verifier uses, when `jwks_url` is set (the proxy fetches it).
+    pub fn jwks(&self) -> Option<&Arc<KeyStore>> {
+        self.jwks.as_ref()
     }
 
     /// The number that grows with every applied change.

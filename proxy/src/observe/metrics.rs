@@ -32,6 +32,18 @@ pub struct Metrics {
     overflow: IntCounterVec,
     panic: IntGaugeVec,
     spans: SpanCounts,
+    jwks: JwksCounts,
+}
+
+/// The JWKS fetches by result (success, failure), shared with the fetcher's thread.
+#[derive(Clone)]
+pub struct JwksCounts(IntCounterVec);
+
+impl JwksCounts {
+    /// Counts one fetch that ended with `result`.
+    pub fn add(&self, result: &str) {
+        self.0.with_label_values(&[result]).inc();
+    }
 }
 
 /// The span export's counts by result (exported, failed, dropped), shared with the exporter's thread.
@@ -133,6 +145,11 @@ impl Metrics {
         for result in ["exported", "failed", "dropped"] {
             spans.with_label_values(&[result]);
         }
+        let jwks = counter(
+            "locci_jwks_refresh_total",
+            "JWKS key set fetches by result: success (the set in force replaced), failure (the last good set kept).",
+            &["result"],
+        )?;
         Ok(Metrics {
             registry,
             requests,
@@ -153,6 +170,7 @@ impl Metrics {
             overflow,
             panic,
             spans: SpanCounts(spans),
+            jwks: JwksCounts(jwks),
         })
     }
 
@@ -211,6 +229,11 @@ impl Metrics {
     /// The span export's counters.
     pub fn span_counts(&self) -> SpanCounts {
         self.spans.clone()
+    }
+
+    /// The JWKS fetcher's counters.
+    pub fn jwks_counts(&self) -> JwksCounts {
+        self.jwks.clone()
     }
 
     /// Counts a reload attempt.

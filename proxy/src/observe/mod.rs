@@ -3,4 +3,4 @@
 mod metrics;
 pub mod spans;
 
-pub use metrics::{Metrics, NO_LABEL, SpanCounts};
+pub use metrics::{JwksCounts, Metrics, NO_LABEL, SpanCounts};

@@ -706,6 +706,15 @@ pub struct AuthConfig {
     /// PEM public key (RS*/ES*/EdDSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_public_key_path: Option<String>,
+    /// An identity provider's JWKS document: the keys for RS*/PS*/ES*/EdDSA, fetched in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<SecretUrl>,
+    /// Seconds between JWKS fetches.
+    #[serde(default = "five_minutes")]
+    pub jwks_refresh_secs: u64,
+    /// A PEM bundle that verifies the JWKS endpoint's certificate (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_path: Option<String>,
     /// Accepted algorithms.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -721,6 +730,10 @@ pub struct AuthConfig {
     /// Paths that skip the check: exact, or a regex when it starts with `^`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_paths: Vec<String>,
+}
+
+fn five_minutes() -> u64 {
+    300
 }
 
 fn default_algorithms() -> Vec<String> {

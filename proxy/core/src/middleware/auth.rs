@@ -5,13 +5,15 @@
 //! jsonwebtoken's own `exp`/`nbf` checks read the system clock, so they are off; ours use the Clock.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use regex::Regex;
 use serde::Deserialize;
 
+use super::jwks::{JwksSource, KeyStore, Lookup};
 use crate::config::AuthConfig;
 use crate::request::RequestInfo;
 
@@ -37,6 +39,8 @@ pub enum AuthReject {
     WrongIssuer,
     /// `aud` missing or wrong.
     WrongAudience,
+    /// The token's `kid` is not in the JWKS key set (or no set has been fetched yet).
+    UnknownKey,
 }
 
 impl AuthReject {
@@ -51,6 +55,7 @@ impl AuthReject {
             AuthReject::NotYetValid => "not_yet_valid",
             AuthReject::WrongIssuer => "wrong_issuer",
             AuthReject::WrongAudience => "wrong_audience",
+            AuthReject::UnknownKey => "unknown_key",
         }
     }
 }
@@ -63,7 +68,11 @@ enum Excluded {
 /// A compiled JWT verifier.
 pub struct Authenticator {
     keys: Vec<(Algorithm, DecodingKey)>,
-    validation: Validation,
+    /// The JWKS key set, for the allowed algorithms that have no static key.
+    jwks: Option<Arc<KeyStore>>,
+    /// The allowed algorithms, each with its own validation: jsonwebtoken refuses a key whose family differs
+    /// from any algorithm a validation lists, so one validation cannot serve HS256 and RS256 together.
+    validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     excluded: Vec<Excluded>,
 }
@@ -89,8 +98,41 @@ impl Authenticator {
             before_ok.set(false);
             problem(p, m);
         };
-        if c.jwt_secret.is_none() && c.jwt_public_key_path.is_none() {
-            fail(format!("{path}.jwt_secret"), "auth needs jwt_secret or jwt_public_key_path".into());
+        if c.jwt_secret.is_none() && c.jwt_public_key_path.is_none() && c.jwks_url.is_none() {
+            fail(format!("{path}.jwt_secret"), "auth needs jwt_secret, jwt_public_key_path or jwks_url".into());
+        }
+        let jwks = c.jwks_url.as_ref().map(|url| {
+            if c.jwt_public_key_path.is_some() {
+                fail(
+                    format!("{path}.jwks_url"),
+                    "jwks_url and jwt_public_key_path both give the keys of RS, PS, ES and EdDSA tokens: keep one".into(),
+                );
+            }
+            match url::Url::parse(url.expose()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => fail(format!("{path}.jwks_url"), format!("{url} is not an http:// or https:// URL")),
+            }
+            if c.jwks_refresh_secs == 0 {
+                fail(format!("{path}.jwks_refresh_secs"), "must be at least 1".into());
+            }
+            if let Some(ca) = c.jwks_ca_path.as_ref().filter(|ca| !std::path::Path::new(ca).is_file()) {
+                fail(format!("{path}.jwks_ca_path"), format!("file {ca:?} does not exist"));
+            }
+            if !c.algorithms.iter().any(|a| a.parse::<Algorithm>().is_ok_and(|a| !is_hmac(a))) {
+                fail(
+                    format!("{path}.algorithms"),
+                    "jwks_url needs an RS, PS, ES or EdDSA algorithm in algorithms (HMAC keys come from jwt_secret only)"
+                        .into(),
+                );
+            }
+            Arc::new(KeyStore::new(JwksSource {
+                url: url.expose().to_owned(),
+                refresh: Duration::from_secs(c.jwks_refresh_secs.max(1)),
+                ca_path: c.jwks_ca_path.clone(),
+            }))
+        });
+        if c.jwks_url.is_none() && c.jwks_ca_path.is_some() {
+            fail(format!("{path}.jwks_ca_path"), "is for jwks_url, which is not set".into());
         }
         if c.jwt_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
             fail(format!("{path}.jwt_secret"), "must not be empty".into());
@@ -106,12 +148,18 @@ impl Authenticator {
             }
         });
         let mut keys = Vec::new();
+        let mut allowed = Vec::new();
         for (i, name) in c.algorithms.iter().enumerate() {
             let field = format!("{path}.algorithms[{i}]");
             let Ok(alg) = name.parse::<Algorithm>() else {
                 fail(field, format!("unknown algorithm {name:?}"));
                 continue;
             };
+            allowed.push(alg);
+            if jwks.is_some() && !is_hmac(alg) {
+                // Its keys come from the JWKS set, per token by `kid`.
+                continue;
+            }
             let key = match alg {
                 Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => match &c.jwt_secret {
                     Some(s) => Ok(DecodingKey::from_secret(s.expose().as_bytes())),
@@ -144,8 +192,8 @@ impl Authenticator {
                 excluded.push(Excluded::Exact(p.clone()));
             }
         }
-        let mut validation = Validation::new(keys.first().map_or(Algorithm::HS256, |(a, _)| *a));
-        validation.algorithms = keys.iter().map(|(a, _)| *a).collect();
+        let mut validation = Validation::new(allowed.first().copied().unwrap_or(Algorithm::HS256));
+        validation.algorithms = allowed;
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = c.leeway_secs;
@@ -159,7 +207,21 @@ impl Authenticator {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
         }
-        before_ok.get().then_some(Authenticator { keys, validation, leeway: c.leeway_secs, excluded })
+        let validations = validation
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut one = validation.clone();
+                one.algorithms = vec![*alg];
+                (*alg, one)
+            })
+            .collect();
+        before_ok.get().then_some(Authenticator { keys, jwks, validations, leeway: c.leeway_secs, excluded })
+    }
+
+    /// The JWKS key set it verifies with, when `jwks_url` is set.
+    pub fn jwks(&self) -> Option<&Arc<KeyStore>> {
+        self.jwks.as_ref()
     }
 
     /// Whether the path skips authentication.
@@ -170,8 +232,9 @@ impl Authenticator {
         })
     }
 
-    /// Verifies the request's bearer token at wall time `unix_now`.
-    pub fn check(&self, req: &RequestInfo<'_>, unix_now: Duration) -> Result<(), AuthReject> {
+    /// Verifies the request's bearer token at `now` (wall time for `exp`/`nbf`, monotonic time for the JWKS
+    /// early refresh).
+    pub fn check(&self, req: &RequestInfo<'_>, now: super::Now) -> Result<(), AuthReject> {
         if self.is_excluded(req.path) {
             return Ok(());
         }
@@ -181,17 +244,42 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or(AuthReject::Missing)?;
-        self.verify(token, unix_now)
+        self.verify_at(token, now.unix, Some(now.mono))
     }
 
-    /// Verifies one token.
+    /// Verifies one token at wall time `unix_now` (an unknown JWKS `kid` does not bring a refresh forward).
     pub fn verify(&self, token: &str, unix_now: Duration) -> Result<(), AuthReject> {
+        self.verify_at(token, unix_now, None)
+    }
+
+    fn verify_at(&self, token: &str, unix_now: Duration, mono: Option<Instant>) -> Result<(), AuthReject> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthReject::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| map_error(e.kind()))?;
-        let key = self.keys.iter().find(|(a, _)| *a == header.alg).map(|(_, k)| k).ok_or(AuthReject::WrongAlgorithm)?;
-        let data = jsonwebtoken::decode::<TimeClaims>(token, key, &self.validation).map_err(|e| map_error(e.kind()))?;
+        // The algorithm list first: a token cannot choose an algorithm, and so a key, the operator did not allow.
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(AuthReject::WrongAlgorithm);
+        };
+        let set;
+        let key = match (self.keys.iter().find(|(a, _)| *a == header.alg), &self.jwks) {
+            (Some((_, key)), _) => key,
+            (None, Some(store)) if !is_hmac(header.alg) => {
+                set = store.keys();
+                match set.lookup(header.kid.as_deref(), header.alg) {
+                    Lookup::Found(key) => key,
+                    Lookup::Mismatch => return Err(AuthReject::WrongAlgorithm),
+                    Lookup::Unknown => {
+                        if let Some(now) = mono {
+                            store.unknown_kid(now);
+                        }
+                        return Err(AuthReject::UnknownKey);
+                    }
+                }
+            }
+            (None, _) => return Err(AuthReject::WrongAlgorithm),
+        };
+        let data = jsonwebtoken::decode::<TimeClaims>(token, key, validation).map_err(|e| map_error(e.kind()))?;
         let now = unix_now.as_secs_f64();
         let leeway = self.leeway as f64;
         if data.claims.exp.is_some_and(|exp| now > exp + leeway) {
@@ -202,6 +290,10 @@ impl Authenticator {
         }
         Ok(())
     }
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 fn map_error(kind: &ErrorKind) -> AuthReject {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cors;
+pub mod jwks;
 mod rate_limit;
 
 use std::sync::Arc;
@@ -297,7 +298,7 @@ fn run_from<W: Watch>(
                 }
             }
             Step::Auth(auth) => {
-                let verdict = auth.check(req, now.unix);
+                let verdict = auth.check(req, now);
                 watch.heard(pos, Verdict::Auth(verdict));
                 if let Err(reason) = verdict {
                     let challenge = if reason == AuthReject::Missing {

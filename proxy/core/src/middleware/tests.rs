@@ -217,6 +217,9 @@ fn auth() -> Authenticator {
     let c = AuthConfig {
         jwt_secret: Some(Secret::new("s3cret-s3cret-s3cret-s3cret-s3cret")),
         jwt_public_key_path: None,
+        jwks_url: None,
+        jwks_refresh_secs: 300,
+        jwks_ca_path: None,
         algorithms: vec!["HS256".into()],
         issuer: None,
         audience: None,
@@ -265,6 +268,9 @@ fn rs_algorithms_need_a_readable_key() {
     let c = AuthConfig {
         jwt_secret: None,
         jwt_public_key_path: Some("/nonexistent/key.pem".into()),
+        jwks_url: None,
+        jwks_refresh_secs: 300,
+        jwks_ca_path: None,
         algorithms: vec!["RS256".into(), "XX999".into()],
         issuer: None,
         audience: None,
