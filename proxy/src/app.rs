@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use locci_core::clock::{Clock, Entropy, OsEntropy, TokioClock};
 use locci_core::config::{Config, ConfigErrors, OnError, PreflightMode};
+use locci_core::discovery::{Answers, Name, Outcome, Wanted};
 use locci_core::edge::ClientError;
 use locci_core::middleware::{Pending, StoreReply};
 use locci_core::{Runtime, ValidConfig};
@@ -19,6 +20,7 @@ use crate::config_file::{self, Overrides};
 use crate::gate::Verdict;
 use crate::observe::Metrics;
 use crate::observe::spans::{FinishedSpan, SpanExport};
+use crate::server::discovery::{DnsResolver, Resolver};
 use crate::server::edge::Edge;
 use crate::server::gateway::Gateway;
 use crate::server::health::HealthDriver;
@@ -63,6 +65,8 @@ pub struct Env {
     pub prober: Arc<dyn Prober>,
     /// Where shared rate-limit buckets are kept.
     pub rate_stores: Arc<dyn RateStores>,
+    /// How upstream names are resolved (in the background, SPEC §13).
+    pub resolver: Arc<dyn Resolver>,
 }
 
 impl Env {
@@ -74,6 +78,7 @@ impl Env {
             transport: Arc::new(NativeTransport),
             prober: Arc::new(TcpProber),
             rate_stores: Arc::new(RedisStores::default()),
+            resolver: Arc::new(DnsResolver),
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Shared {
     change: Mutex<()>,
     /// The span exporter, while `tracing.otlp_endpoint` is set.
     spans: ArcSwapOption<SpanExport>,
+    /// The DNS answers in force for the config's names (written by the discovery loop only).
+    answers: ArcSwap<Answers>,
     /// The JWKS store whose fetcher was started last (a reload's new store gets its own).
     jwks: Mutex<std::sync::Weak<locci_core::middleware::jwks::KeyStore>>,
 }
@@ -196,6 +203,7 @@ impl Shared {
             change: Mutex::new(()),
             spans,
             jwks: Mutex::new(std::sync::Weak::new()),
+            answers: ArcSwap::from_pointee(Answers::default()),
         });
         shared.fetch_jwks(&shared.runtime());
         Ok(shared)
@@ -212,6 +220,53 @@ impl Shared {
         match crate::server::jwks::start(store, self.metrics.jwks_counts(), Arc::clone(&self.env.clock)) {
             Ok(()) => *started = Arc::downgrade(store),
             Err(e) => tracing::error!(error = %e, "cannot start the JWKS fetcher; tokens needing its keys are refused"),
+        }
+    }
+
+    /// Records a lookup of `name` (the discovery loop's); a failure keeps the answer in force.
+    pub fn record_answer(&self, name: &Name, result: Result<Vec<std::net::SocketAddr>, String>) -> Outcome {
+        let mut answers = (**self.answers.load()).clone();
+        let outcome = answers.record(name, result);
+        if outcome == Outcome::Changed {
+            self.answers.store(Arc::new(answers));
+        }
+        outcome
+    }
+
+    /// Forgets the answers of names the config no longer has.
+    pub fn forget_answers(&self, wanted: &[Wanted]) {
+        let mut answers = (**self.answers.load()).clone();
+        answers.retain(wanted);
+        if answers != **self.answers.load() {
+            self.answers.store(Arc::new(answers));
+        }
+    }
+
+    /// The address in force for a server given by hostname (none before its first answer).
+    pub fn host_ip(&self, host: &str) -> Option<std::net::IpAddr> {
+        self.answers.load().host(host)
+    }
+
+    /// Applies the answers in force to the config in force: the servers of `dns`/`srv` entries change, the
+    /// state of every server that stays is carried over, and the generation stays (the config did not change).
+    pub fn rediscover(&self) {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.runtime.load_full();
+        let mut config = (**old.config()).clone();
+        self.answers.load().fill(&mut config);
+        match config_file::validate_parsed(config) {
+            Ok(valid) => {
+                let next = Runtime::build(valid, Some(&old), old.generation(), self.env.clock.now());
+                self.cas.store(Arc::new(read_cas(&next)));
+                self.runtime.store(Arc::new(next));
+                let servers: usize = self.runtime.load().pools().iter().map(|p| p.servers().len()).sum();
+                tracing::info!(servers, "discovered servers applied");
+            }
+            Err(errors) => {
+                for line in errors.lines() {
+                    tracing::error!(problem = %line, "discovered servers not applied");
+                }
+            }
         }
     }
 
@@ -251,11 +306,13 @@ impl Shared {
     pub fn change<E>(&self, edit: impl FnOnce(&Config) -> Result<Config, E>) -> Result<u64, ChangeError<E>> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.runtime.load_full();
-        let next = edit(old.config()).map_err(ChangeError::Refused)?;
+        let mut next = edit(old.config()).map_err(ChangeError::Refused)?;
         let restart = locci_core::config::restart_needed(old.config(), &next);
         if !restart.is_empty() {
             return Err(ChangeError::Invalid(ConfigErrors(restart)));
         }
+        // Names it shares with the config in force keep their servers; new ones resolve in the background.
+        self.answers.load().fill(&mut next);
         let valid = config_file::validate_parsed(next).map_err(ChangeError::Invalid)?;
         Ok(self.swap(&old, valid))
     }
@@ -311,11 +368,12 @@ impl Shared {
                 "no config file to reload (demo mode)",
             ))));
         };
-        let next = config_file::read_file(path, &self.source.overrides).map_err(ReloadError::Invalid)?;
+        let mut next = config_file::read_file(path, &self.source.overrides).map_err(ReloadError::Invalid)?;
         let restart = locci_core::config::restart_needed(old.config(), &next);
         if !restart.is_empty() {
             return Err(ReloadError::Invalid(ConfigErrors(restart)));
         }
+        self.answers.load().fill(&mut next);
         let valid = config_file::validate_parsed(next.clone()).map_err(ReloadError::Invalid)?;
         // The gate in force is the running config's: a change cannot switch off the check that judges it.
         let gate = &old.config().reload;

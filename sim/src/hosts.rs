@@ -285,6 +285,8 @@ pub struct ProxyHost {
     pub clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Whether the world has a simulated Redis (otherwise shared stores never answer).
     pub redis: bool,
+    /// The simulated DNS the proxy's resolver asks.
+    pub dns: crate::net::DnsTable,
 }
 
 /// Runs the proxy: the production `build_proxy()` fed by a turmoil accept loop, the production health
@@ -298,6 +300,7 @@ pub async fn proxy(host: Rc<ProxyHost>) -> turmoil::Result {
         transport: Arc::new(SimTransport),
         prober: Arc::new(SimProber),
         rate_stores: if host.redis { Arc::new(crate::net::SimRedisStores) } else { Arc::new(crate::net::DeadStores) },
+        resolver: Arc::new(crate::net::SimResolver(Arc::clone(&host.dns))),
     };
     let source = ConfigSource { path: Some(host.config_path.clone()), overrides: Overrides::default() };
     let Proxy { shared, app, health, .. } = build_proxy(valid, env, source).map_err(|e| e.to_string())?;

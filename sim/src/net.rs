@@ -113,6 +113,30 @@ impl Prober for SimProber {
     }
 }
 
+/// The simulated DNS: names the timeline's `dns` events set, each to addresses or to failing lookups.
+pub type DnsTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<Vec<std::net::IpAddr>>>>>;
+
+/// The proxy's resolver in the simulator: answers from the [`DnsTable`] at once (the driver changes it at
+/// the timeline's times); a name it lacks is NXDOMAIN, a failing one SERVFAIL. SRV is not simulated.
+#[derive(Debug, Clone, Default)]
+pub struct SimResolver(pub DnsTable);
+
+#[async_trait]
+impl locci_proxy::server::discovery::Resolver for SimResolver {
+    async fn ips(&self, _server: Option<std::net::SocketAddr>, host: &str) -> io::Result<Vec<std::net::IpAddr>> {
+        let table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match table.get(host) {
+            Some(Some(ips)) => Ok(ips.clone()),
+            Some(None) => Err(io::Error::other(format!("{host}: SERVFAIL (simulated)"))),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{host}: NXDOMAIN (simulated)"))),
+        }
+    }
+
+    async fn srv(&self, _server: Option<std::net::SocketAddr>, name: &str) -> io::Result<Vec<(String, u16)>> {
+        Err(io::Error::other(format!("{name}: SRV is not simulated")))
+    }
+}
+
 /// A shared rate-limit store that never answers: the simulator's model of a dead Redis, so scenarios with
 /// `backend: redis` exercise the `on_error` fallback.
 #[derive(Debug, Clone, Copy)]

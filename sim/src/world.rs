@@ -41,6 +41,8 @@ pub enum Action {
     ClockJump(i64),
     /// Heal everything (swarm liveness phase).
     HealAll,
+    /// Set a name of the simulated DNS to these hosts' addresses (`None`: its lookups fail).
+    Dns(String, Option<Vec<String>>),
 }
 
 /// One key's storm, as the timeline planned it.
@@ -148,6 +150,7 @@ pub fn expand(s: &Scenario, seed: u64, swarm: bool) -> Expanded {
             Fault::Reload(r) => add(at, Action::Reload(i, r.config.clone())),
             Fault::ClockJump(j) => add(at, Action::ClockJump(j.by)),
             Fault::Heal(_) => add(at, Action::HealAll),
+            Fault::Dns(x) => add(at, Action::Dns(x.name.clone(), (!x.fail).then(|| x.hosts.clone()))),
             Fault::Wire(w) => {
                 add(at, Action::Wire(w.target.clone(), Some((w.kind, w.interval))));
                 add(at + d(w.duration), Action::Wire(w.target.clone(), None));
@@ -220,6 +223,7 @@ fn name(f: &Fault) -> &'static str {
         Fault::ClockJump(_) => "clock_jump",
         Fault::Heal(_) => "heal",
         Fault::Wire(_) => "wire",
+        Fault::Dns(_) => "dns",
     }
 }
 
@@ -352,6 +356,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
     let (commands, rx) = mpsc::unbounded_channel();
     let shared_slot = Rc::new(RefCell::new(None));
     let clock_offset_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let dns = crate::net::DnsTable::default();
     let proxy_host = Rc::new(ProxyHost {
         config: substitute(&s.proxy.config),
         config_path: dir.path().join("locci.yaml"),
@@ -362,6 +367,7 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
         trace: trace.clone(),
         clock_offset_ms: Arc::clone(&clock_offset_ms),
         redis: s.redis.is_some(),
+        dns: Arc::clone(&dns),
     });
     sim.host("proxy", move || hosts::proxy(Rc::clone(&proxy_host)));
     sim.client("client", hosts::client(plan, s.load.timeout, s.sim.keep_alive, trace.clone()));
@@ -409,6 +415,10 @@ pub fn run(s: &Scenario, seed: u64, swarm: bool) -> anyhow::Result<Run> {
                 }
                 Action::ClockJump(ms) => {
                     clock_offset_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+                }
+                Action::Dns(name, hosts) => {
+                    let ips = hosts.map(|hosts| hosts.iter().map(|h| sim.lookup(h.as_str())).collect());
+                    dns.lock().unwrap_or_else(|e| e.into_inner()).insert(name, ips);
                 }
                 Action::HealAll => {
                     for h in std::mem::take(&mut crashed) {
@@ -511,6 +521,8 @@ fn describe(a: &Action) -> String {
         Action::Reload(..) => "reload".into(),
         Action::ClockJump(ms) => format!("clock jump {ms:+} ms"),
         Action::HealAll => "heal all".into(),
+        Action::Dns(name, Some(hosts)) => format!("dns {name} {}", hosts.join(",")),
+        Action::Dns(name, None) => format!("dns {name} failing"),
     }
 }
 

@@ -197,8 +197,10 @@ fn every_dashboard_query_names_a_metric_the_proxy_exports() {
     // SPEC §5 names 8; SPEC §10 adds locci_client_rejected_total, and the edge's two gauges (open client
     // connections, upgraded connections); SPEC §9 the panic gauge (one series per group) and the retry and
     // ejection counters the flaky group made count. The overflow counter has series only once a circuit
-    // breaker refuses (tests/tests/resilience.rs reads it) and has no panel.
-    assert_eq!(exported.len(), 14, "every metric family of the spec: {exported:?}");
+    // breaker refuses (tests/tests/resilience.rs reads it) and has no panel. SPEC §14 adds the span export's
+    // counter (its three results exist from the start); the JWKS and discovery counters appear with their
+    // first fetch or failed lookup (tests/tests/jwks.rs and discovery.rs read them).
+    assert_eq!(exported.len(), 15, "every metric family of the spec: {exported:?}");
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("monitoring/grafana/dashboards/locci.json")).unwrap(),
     )

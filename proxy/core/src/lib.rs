@@ -9,6 +9,7 @@
 pub mod attempt;
 pub mod clock;
 pub mod config;
+pub mod discovery;
 pub mod edge;
 pub mod explain;
 pub mod forwarding;

@@ -33,6 +33,7 @@ pub struct Metrics {
     panic: IntGaugeVec,
     spans: SpanCounts,
     jwks: JwksCounts,
+    discovery_errors: IntCounterVec,
 }
 
 /// The JWKS fetches by result (success, failure), shared with the fetcher's thread.
@@ -150,6 +151,11 @@ impl Metrics {
             "JWKS key set fetches by result: success (the set in force replaced), failure (the last good set kept).",
             &["result"],
         )?;
+        let discovery_errors = counter(
+            "locci_discovery_errors_total",
+            "Failed or empty DNS lookups of an upstream's names (the last good answer is kept).",
+            &["upstream"],
+        )?;
         Ok(Metrics {
             registry,
             requests,
@@ -171,6 +177,7 @@ impl Metrics {
             panic,
             spans: SpanCounts(spans),
             jwks: JwksCounts(jwks),
+            discovery_errors,
         })
     }
 
@@ -229,6 +236,11 @@ impl Metrics {
     /// The span export's counters.
     pub fn span_counts(&self) -> SpanCounts {
         self.spans.clone()
+    }
+
+    /// Counts a failed lookup of a name `upstream` uses.
+    pub fn discovery_error(&self, upstream: &str) {
+        self.discovery_errors.with_label_values(&[upstream]).inc();
     }
 
     /// The JWKS fetcher's counters.

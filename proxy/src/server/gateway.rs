@@ -329,7 +329,12 @@ impl ProxyHttp for Gateway {
                 return Err(Error::new(ErrorType::InternalError));
             };
             ctx.last_server = Some(server.addr.text.clone());
-            let addr = match server.addr.ip {
+            // A hostname's address comes from the background lookups; only before the first answer is in does
+            // a request look it up itself.
+            let known = server.addr.ip.or_else(|| {
+                self.shared.host_ip(&server.addr.host).map(|ip| std::net::SocketAddr::new(ip, server.addr.port))
+            });
+            let addr = match known {
                 Some(ip) => ip,
                 None => match resolve(&server.addr.text).await {
                     Ok(ip) => ip,

@@ -45,6 +45,8 @@ impl HealthDriver {
     /// running proxy, so it also starts the connections to shared rate-limit stores.
     pub async fn run(&self, mut shutdown: Option<ShutdownWatch>) {
         self.shared.warm_rate_stores();
+        // Names resolve in the background from the start, beside the checks of the servers they give.
+        let discovery = tokio::spawn(super::discovery::run(Arc::clone(&self.shared)));
         // Keyed by the pool's address: BTreeMap, so nothing here depends on hash order.
         let mut running: BTreeMap<usize, Weak<Pool>> = BTreeMap::new();
         let mut tasks = JoinSet::new();
@@ -76,6 +78,7 @@ impl HealthDriver {
             while tasks.try_join_next().is_some() {}
         }
         tasks.abort_all();
+        discovery.abort();
     }
 }
 
@@ -102,7 +105,13 @@ async fn check_loop(pool: Weak<Pool>, shared: Arc<Shared>) {
         let mut probes = JoinSet::new();
         for (idx, server) in pool.servers().iter().enumerate() {
             let prober = Arc::clone(&shared.env.prober);
-            let addr = server.addr.text.clone();
+            // A hostname is probed at its background answer, as requests reach it (before the first answer,
+            // the prober resolves it itself).
+            let addr = server
+                .addr
+                .ip
+                .or_else(|| shared.host_ip(&server.addr.host).map(|ip| std::net::SocketAddr::new(ip, server.addr.port)))
+                .map_or_else(|| server.addr.text.clone(), |a| a.to_string());
             let host = server.addr.host.clone();
             let path = check.http_path(pool.spec().tls).map(str::to_owned);
             let timeout = check.timeout;

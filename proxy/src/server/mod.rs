@@ -1,5 +1,6 @@
 //! The Pingora adapter: the ProxyHttp impl, the health driver, the JWKS fetcher, and the network seams.
 
+pub mod discovery;
 pub mod edge;
 pub mod gateway;
 mod headers;

@@ -398,6 +398,23 @@ pub enum Fault {
     /// Every fault in force ends: crashed hosts restart, links heal, hosts behave as declared (`heal: {}`;
     /// what swarm mode's `heal_at` does, written down by `locci-sim shrink`).
     Heal(Heal),
+    /// The simulated DNS: from now on `name` resolves to these hosts' addresses, or (`fail: true`) its lookups
+    /// fail (SPEC §13's discovery).
+    Dns(DnsChange),
+}
+
+/// `dns`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsChange {
+    /// The name, as the config's `dns:` entries write it (without the port).
+    pub name: String,
+    /// The upstream hosts whose addresses it resolves to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Lookups fail (SERVFAIL) instead.
+    #[serde(default)]
+    pub fail: bool,
 }
 
 /// `heal`.
@@ -1129,6 +1146,17 @@ impl Scenario {
                 Fault::Flap(s) => Some(&s.target),
                 Fault::Wire(w) => Some(&w.target),
                 Fault::Reload(_) | Fault::ClockJump(_) | Fault::Heal(_) => None,
+                Fault::Dns(d) => {
+                    if d.fail != d.hosts.is_empty() {
+                        p.push(format!("timeline[{i}].dns: give hosts, or fail: true"));
+                    }
+                    for h in &d.hosts {
+                        if !hosts.contains(h) {
+                            p.push(format!("timeline[{i}].dns.hosts: unknown host {h:?}"));
+                        }
+                    }
+                    None
+                }
                 Fault::Storm(s) => {
                     if !(s.rate > 0.0 && s.rate <= 5000.0) {
                         p.push(format!("timeline[{i}].storm.rate: must be above 0 and at most 5000 per second"));

@@ -163,6 +163,9 @@ pub struct ServerConfig {
     pub path: PathConfig,
     /// What a client may send, and for how long (slowloris, oversized requests, connection floods).
     pub client: ClientConfig,
+    /// The DNS server upstream names are resolved with (`ip:port`); default: the system's configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -177,6 +180,7 @@ impl Default for ServerConfig {
             connection_pool: PoolConfig::default(),
             path: PathConfig::default(),
             client: ClientConfig::default(),
+            resolver: None,
         }
     }
 }
@@ -460,7 +464,7 @@ fn one() -> u32 {
     1
 }
 
-/// A server: `"host:port"` or `{address, weight}`.
+/// A server: `"host:port"`, `{address, weight}`, or a name whose DNS answer gives servers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ServerEntry {
@@ -468,14 +472,62 @@ pub enum ServerEntry {
     Address(String),
     /// Address and weight.
     Weighted(WeightedServer),
+    /// `{dns: "name:port"}` or `{srv: "_service._proto.name"}` (SPEC §13).
+    Discovered(DiscoveredServer),
+}
+
+/// Servers found by DNS: every address of a name, or every target of its SRV records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveredServer {
+    /// `name:port`: every A/AAAA address of the name is a server on that port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// An SRV name: every target is a server on the port its record gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    /// Seconds between lookups (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_secs: Option<u64>,
+    /// The weight of each server found.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The answer in force, written by the proxy before the config is compiled; never read from or written
+    /// to a file.
+    #[serde(skip)]
+    pub resolved: Vec<std::net::SocketAddr>,
+}
+
+impl DiscoveredServer {
+    /// The name it asks to resolve, when it is well-formed.
+    pub fn name(&self) -> Option<crate::discovery::Name> {
+        match (&self.dns, &self.srv) {
+            (Some(dns), None) => {
+                let (host, port) = dns.rsplit_once(':')?;
+                let port = port.parse().ok().filter(|p| *p != 0)?;
+                valid_dns_name(host).then(|| crate::discovery::Name::Dns { host: host.to_owned(), port })
+            }
+            (None, Some(srv)) => valid_dns_name(srv).then(|| crate::discovery::Name::Srv(srv.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// A DNS name of letters, digits, `-`, `_` and dots, at most 253 characters.
+pub fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        && name.parse::<std::net::IpAddr>().is_err()
 }
 
 impl ServerEntry {
-    /// The `host:port` address.
+    /// The `host:port` address (for a discovered entry, the name it resolves).
     pub fn address(&self) -> &str {
         match self {
             ServerEntry::Address(a) => a,
             ServerEntry::Weighted(w) => &w.address,
+            ServerEntry::Discovered(d) => d.dns.as_deref().or(d.srv.as_deref()).unwrap_or(""),
         }
     }
 
@@ -484,6 +536,7 @@ impl ServerEntry {
         match self {
             ServerEntry::Address(_) => 1,
             ServerEntry::Weighted(w) => w.weight,
+            ServerEntry::Discovered(d) => d.weight,
         }
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{Config, ConfigError, ConfigErrors, Mode, OutlierConfig, RetryConfig, UpstreamConfig};
+use super::{
+    Config, ConfigError, ConfigErrors, DiscoveredServer, Mode, OutlierConfig, RetryConfig, ServerEntry, UpstreamConfig,
+};
 use crate::edge::ClientLimits;
 use crate::method::MethodSet;
 use crate::middleware::{self, Kind, Middlewares};
@@ -189,6 +191,11 @@ fn check_server(config: &Config, p: &mut Problems) {
             }
         }
     }
+    if let Some(resolver) = &s.resolver
+        && resolver.parse::<SocketAddr>().is_err()
+    {
+        p.add("server.resolver", format!("{resolver:?} is not ip:port"));
+    }
     let c = &config.control_api;
     if c.enabled && c.bind_address.parse::<SocketAddr>().is_err() {
         p.add("control_api.bind_address", format!("{:?} is not ip:port", c.bind_address));
@@ -250,6 +257,39 @@ fn trusted_proxies(config: &Config, p: &mut Problems) -> Vec<IpNet> {
     nets
 }
 
+/// A `dns`/`srv` entry: checked, and expanded to the servers of its answer in force (none before the first).
+fn discovered_servers(
+    d: &DiscoveredServer,
+    (path, i): (&str, usize),
+    servers: &mut Vec<(ServerAddr, u32)>,
+    p: &mut Problems,
+) {
+    let field = format!("{path}.servers[{i}]");
+    match (&d.dns, &d.srv) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.add(&field, "give one of dns: \"name:port\" or srv: \"_service._proto.name\"")
+        }
+        (Some(dns), None) if d.name().is_none() => p.add(format!("{field}.dns"), format!("{dns:?} is not name:port")),
+        (None, Some(srv)) if d.name().is_none() => p.add(format!("{field}.srv"), format!("{srv:?} is not a DNS name")),
+        _ => {}
+    }
+    if d.refresh_secs == Some(0) {
+        p.add(format!("{field}.refresh_secs"), "must be at least 1");
+    }
+    if !(1..=MAX_WEIGHT).contains(&d.weight) {
+        p.add(format!("{field}.weight"), format!("must be 1 to {MAX_WEIGHT}"));
+    }
+    let host = d.dns.as_deref().and_then(|t| t.rsplit_once(':')).map(|(h, _)| h).or(d.srv.as_deref()).unwrap_or("");
+    for addr in &d.resolved {
+        let text = addr.to_string();
+        // An address another entry lists already is that entry's server.
+        if servers.len() < MAX_SERVERS && !servers.iter().any(|(a, _)| a.text == text) {
+            let server = ServerAddr { text, host: host.to_owned(), port: addr.port(), ip: Some(*addr) };
+            servers.push((server, d.weight));
+        }
+    }
+}
+
 fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupSpec> {
     let path = format!("upstreams.{name}");
     let before = p.0.len();
@@ -261,6 +301,10 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
     }
     let mut servers: Vec<(ServerAddr, u32)> = Vec::new();
     for (i, entry) in u.servers.iter().enumerate() {
+        if let ServerEntry::Discovered(d) = entry {
+            discovered_servers(d, (&path, i), &mut servers, p);
+            continue;
+        }
         match ServerAddr::parse(entry.address()) {
             Ok(addr) if servers.iter().any(|(a, _)| a.text == addr.text) => {
                 p.add(format!("{path}.servers[{i}]"), format!("{:?} is listed twice", addr.text))
