@@ -66,8 +66,13 @@ impl TraceContext {
 
     /// The `traceparent` header for the upstream (version 00, 55 characters).
     pub fn traceparent(&self) -> String {
-        let flags = if self.sampled { SAMPLED } else { 0 };
-        format!("00-{:032x}-{:016x}-{flags:02x}", self.trace_id, self.span_id)
+        // Written digit by digit into one buffer: `format!` with `{:032x}` cost a request about twice as much.
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], self.trace_id);
+        write_hex(&mut out[36..52], u128::from(self.span_id));
+        out[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        String::from_utf8(out.to_vec()).unwrap_or_default()
     }
 
     /// The trace ID as 32 lowercase hex digits, for the log line.
@@ -106,6 +111,15 @@ pub fn parse(value: &str) -> Option<Parent> {
     let span_id = hex(&value[36..52])? as u64;
     let flags = hex(&value[53..55])? as u8;
     (trace_id != 0 && span_id != 0).then_some(Parent { trace_id, span_id, flags })
+}
+
+/// `value`'s low `out.len()` hex digits, lowercase, most significant first.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 /// Lowercase hex digits only (the spec forbids uppercase), up to 32 of them.
