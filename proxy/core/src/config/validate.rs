@@ -36,8 +36,20 @@ pub struct ValidConfig {
 impl ValidConfig {
     /// One line for `locci-proxy check`.
     pub fn summary(&self) -> String {
+        let discovered = self
+            .config
+            .upstreams
+            .values()
+            .flat_map(|u| &u.servers)
+            .filter(|s| matches!(s, ServerEntry::Discovered(_)))
+            .count();
+        let found = if discovered > 0 {
+            format!(" and {discovered} DNS entr(ies) resolved at run time")
+        } else {
+            String::new()
+        };
         format!(
-            "config ok: mode {}, {} upstream group(s), {} server(s), {} route(s)",
+            "config ok: mode {}, {} upstream group(s), {} server(s){found}, {} route(s)",
             self.config.mode.short(),
             self.groups.len(),
             self.groups.iter().map(|g| g.servers.len()).sum::<usize>(),
