@@ -100,7 +100,8 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "health check timed out")
 }
 
-/// Resolves `host:port` without blocking a worker (tokio runs the lookup on its blocking pool).
+/// Resolves `host:port` without blocking a worker (tokio runs the lookup on its blocking pool): only for a
+/// hostname whose background answer is not in yet (the first moments after start).
 pub async fn resolve(addr: &str) -> io::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
         .await?

@@ -11,7 +11,7 @@ pub struct ServerAddr {
     pub host: String,
     /// The port.
     pub port: u16,
-    /// The socket address when the host is an IP literal; hostnames are resolved when connecting.
+    /// The socket address when the host is an IP literal; a hostname's comes from the background lookups.
     pub ip: Option<SocketAddr>,
 }
 
