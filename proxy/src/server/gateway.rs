@@ -234,10 +234,6 @@ impl RequestCtx {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
-    /// No downstream modules: locci compresses nothing, and Pingora's default adds a disabled compression
-    /// module whose context every request would still build and walk.
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
-
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             runtime: None,
