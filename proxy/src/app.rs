@@ -256,9 +256,7 @@ impl Shared {
         self.answers.load().fill(&mut config);
         match config_file::validate_parsed(config) {
             Ok(valid) => {
-                let next = Runtime::build(valid, Some(&old), old.generation(), self.env.clock.now());
-                self.cas.store(Arc::new(read_cas(&next)));
-                self.runtime.store(Arc::new(next));
+                self.swap_as(&old, valid, old.generation());
                 let servers: usize = self.runtime.load().pools().iter().map(|p| p.servers().len()).sum();
                 tracing::info!(servers, "discovered servers applied");
             }
@@ -403,7 +401,12 @@ impl Shared {
     }
 
     fn swap(&self, old: &Runtime, valid: ValidConfig) -> u64 {
-        let generation = old.generation() + 1;
+        self.swap_as(old, valid, old.generation() + 1)
+    }
+
+    /// Puts `valid` in force as `generation`, with everything that follows a new runtime: the CA bundles, the
+    /// span exporter, the JWKS fetcher of its key set. A reload and a discovery refresh both come here.
+    fn swap_as(&self, old: &Runtime, valid: ValidConfig, generation: u64) -> u64 {
         let next = Runtime::build(valid, Some(old), generation, self.env.clock.now());
         self.cas.store(Arc::new(read_cas(&next)));
         // The exporter is kept while its endpoint and service name are; otherwise the old one sends what it
