@@ -12,6 +12,7 @@ use locci_core::config::{Config, ConfigErrors, OnError, PreflightMode};
 use locci_core::discovery::{Answers, Name, Outcome, Wanted};
 use locci_core::edge::ClientError;
 use locci_core::middleware::{Pending, StoreReply};
+use locci_core::upstream::ServerAddr;
 use locci_core::{Runtime, ValidConfig};
 use pingora_core::protocols::tls::CaType;
 use pingora_core::server::configuration::ServerConf;
@@ -242,9 +243,11 @@ impl Shared {
         }
     }
 
-    /// The address in force for a server given by hostname (none before its first answer).
-    pub fn host_ip(&self, host: &str) -> Option<std::net::IpAddr> {
-        self.answers.load().host(host)
+    /// Where to reach `server`: its IP literal, or its hostname's background answer (none before the first).
+    pub fn server_socket(&self, server: &ServerAddr) -> Option<std::net::SocketAddr> {
+        server
+            .ip
+            .or_else(|| self.answers.load().host(&server.host).map(|ip| std::net::SocketAddr::new(ip, server.port)))
     }
 
     /// Applies the answers in force to the config in force: the servers of `dns`/`srv` entries change, the

@@ -331,10 +331,7 @@ impl ProxyHttp for Gateway {
             ctx.last_server = Some(server.addr.text.clone());
             // A hostname's address comes from the background lookups; only before the first answer is in does
             // a request look it up itself.
-            let known = server.addr.ip.or_else(|| {
-                self.shared.host_ip(&server.addr.host).map(|ip| std::net::SocketAddr::new(ip, server.addr.port))
-            });
-            let addr = match known {
+            let addr = match self.shared.server_socket(&server.addr) {
                 Some(ip) => ip,
                 None => match resolve(&server.addr.text).await {
                     Ok(ip) => ip,

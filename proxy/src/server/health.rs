@@ -107,11 +107,7 @@ async fn check_loop(pool: Weak<Pool>, shared: Arc<Shared>) {
             let prober = Arc::clone(&shared.env.prober);
             // A hostname is probed at its background answer, as requests reach it (before the first answer,
             // the prober resolves it itself).
-            let addr = server
-                .addr
-                .ip
-                .or_else(|| shared.host_ip(&server.addr.host).map(|ip| std::net::SocketAddr::new(ip, server.addr.port)))
-                .map_or_else(|| server.addr.text.clone(), |a| a.to_string());
+            let addr = shared.server_socket(&server.addr).map_or_else(|| server.addr.text.clone(), |a| a.to_string());
             let host = server.addr.host.clone();
             let path = check.http_path(pool.spec().tls).map(str::to_owned);
             let timeout = check.timeout;
