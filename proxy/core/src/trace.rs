@@ -42,10 +42,20 @@ impl TraceContext {
     /// An empty context, for the moment before a request's head is read.
     pub const NONE: TraceContext = TraceContext { trace_id: 0, span_id: 0, parent: None, sampled: false };
 
-    /// The context for a request: the client's `traceparent` continued, or a new trace.
-    pub fn start(traceparent: Option<&str>, sample_ratio: f64, entropy: &dyn Entropy) -> TraceContext {
+    /// The context for a request, given every `traceparent` value it carries: exactly one valid one is
+    /// continued; none, an invalid one, or several (W3C Trace Context §3.2: several are invalid) start a trace.
+    pub fn start<'a>(
+        traceparents: impl IntoIterator<Item = &'a str>,
+        sample_ratio: f64,
+        entropy: &dyn Entropy,
+    ) -> TraceContext {
         let span_id = nonzero(entropy);
-        match traceparent.and_then(parse) {
+        let mut values = traceparents.into_iter();
+        let only = match (values.next(), values.next()) {
+            (Some(one), None) => parse(one),
+            _ => None,
+        };
+        match only {
             Some(parent) => TraceContext {
                 trace_id: parent.trace_id,
                 span_id,

@@ -51,8 +51,8 @@ impl Gateway {
         ctx.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.peer);
         ctx.client_ip = forwarding::client_ip(ctx.peer, headers.get("x-forwarded-for"), runtime.trusted());
         ctx.request_id = forwarding::request_id(headers.get("x-request-id"), &*self.shared.env.entropy).into_owned();
-        ctx.trace =
-            TraceContext::start(one_value(header, "traceparent"), runtime.sample_ratio(), &*self.shared.env.entropy);
+        let traceparents = header.headers.get_all("traceparent").iter().map(|v| v.to_str().unwrap_or(""));
+        ctx.trace = TraceContext::start(traceparents, runtime.sample_ratio(), &*self.shared.env.entropy);
         let uri = &header.uri;
         let path = match runtime.normalize_path(uri.path()) {
             Ok(path) => path,
@@ -637,17 +637,6 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
-}
-
-/// A header's value when the request has exactly one; two or more are as invalid as a bad one (W3C Trace
-/// Context §3.2: a vendor that receives several `traceparent` headers treats them as invalid).
-fn one_value<'h>(header: &'h RequestHeader, name: &str) -> Option<&'h str> {
-    let mut values = header.headers.get_all(name).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return Some("");
-    }
-    Some(first.to_str().unwrap_or(""))
 }
 
 /// A rate-limit key's hash as the log and the traffic profile show it, "-" when there is none.

@@ -55,6 +55,14 @@ fn invalid_traceparents_start_a_new_trace_and_drop_the_tracestate() {
 }
 
 #[test]
+fn two_traceparents_are_invalid_and_start_a_new_trace() {
+    let entropy = SeededEntropy::new(6);
+    let ctx = TraceContext::start([VALID, VALID], 1.0, &entropy);
+    assert_ne!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_eq!(ctx.parent, None);
+}
+
+#[test]
 fn a_later_version_is_read_by_its_first_four_fields() {
     let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
     assert_eq!(parse(later).map(|p| p.trace_id), Some(0x4bf92f3577b34da6a3ce929d0e0e4736));
