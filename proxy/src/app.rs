@@ -237,8 +237,7 @@ impl Shared {
     /// Forgets the answers of names the config no longer has.
     pub fn forget_answers(&self, wanted: &[Wanted]) {
         let mut answers = (**self.answers.load()).clone();
-        answers.retain(wanted);
-        if answers != **self.answers.load() {
+        if answers.retain(wanted) {
             self.answers.store(Arc::new(answers));
         }
     }

@@ -34,6 +34,22 @@ pub enum Name {
     Host(String),
 }
 
+impl Name {
+    /// The host its servers are known by (SNI, the checks' `Host`): the name itself.
+    pub fn host(&self) -> &str {
+        match self {
+            Name::Dns { host, .. } | Name::Host(host) => host,
+            Name::Srv(name) => name,
+        }
+    }
+
+    /// Whether its answer is a list of servers, so that a change rebuilds the groups; a plain hostname's is
+    /// one server's address, read where it is used.
+    pub fn lists_servers(&self) -> bool {
+        !matches!(self, Name::Host(_))
+    }
+}
+
 impl std::fmt::Display for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -119,9 +135,11 @@ impl Answers {
         }
     }
 
-    /// Forgets the names `wanted` no longer lists (a reload removed their entries).
-    pub fn retain(&mut self, wanted: &[Wanted]) {
+    /// Forgets the names `wanted` no longer lists (a reload removed their entries); returns whether any went.
+    pub fn retain(&mut self, wanted: &[Wanted]) -> bool {
+        let before = self.0.len();
         self.0.retain(|name, _| wanted.iter().any(|w| w.name == *name));
+        self.0.len() != before
     }
 
     /// The address in force for a plain hostname.

@@ -148,7 +148,7 @@ fn report(shared: &Shared, w: &Wanted, outcome: Outcome, error: Option<&str>) ->
     match outcome {
         Outcome::Changed => {
             tracing::info!(name = %name, upstreams = ?w.upstreams, "discovered servers changed");
-            !matches!(w.name, Name::Host(_))
+            w.name.lists_servers()
         }
         Outcome::Same => false,
         Outcome::Failed { kept } => {

@@ -499,26 +499,20 @@ pub struct DiscoveredServer {
 }
 
 impl DiscoveredServer {
-    /// The name it asks to resolve, when it is well-formed.
+    /// The name it asks to resolve, when it is well-formed (`dns` read as [`ServerAddr::parse`] reads a server,
+    /// and must name a host, not an address).
     pub fn name(&self) -> Option<crate::discovery::Name> {
         match (&self.dns, &self.srv) {
             (Some(dns), None) => {
-                let (host, port) = dns.rsplit_once(':')?;
-                let port = port.parse().ok().filter(|p| *p != 0)?;
-                valid_dns_name(host).then(|| crate::discovery::Name::Dns { host: host.to_owned(), port })
+                let addr = crate::upstream::ServerAddr::parse(dns).ok().filter(|a| a.ip.is_none())?;
+                Some(crate::discovery::Name::Dns { host: addr.host, port: addr.port })
             }
-            (None, Some(srv)) => valid_dns_name(srv).then(|| crate::discovery::Name::Srv(srv.clone())),
+            (None, Some(srv)) => {
+                crate::upstream::valid_host_name(srv).then(|| crate::discovery::Name::Srv(srv.clone()))
+            }
             _ => None,
         }
     }
-}
-
-/// A DNS name of letters, digits, `-`, `_` and dots, at most 253 characters.
-pub fn valid_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
-        && name.parse::<std::net::IpAddr>().is_err()
 }
 
 impl ServerEntry {

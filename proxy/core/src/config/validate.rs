@@ -291,12 +291,12 @@ fn discovered_servers(
     if !(1..=MAX_WEIGHT).contains(&d.weight) {
         p.add(format!("{field}.weight"), format!("must be 1 to {MAX_WEIGHT}"));
     }
-    let host = d.dns.as_deref().and_then(|t| t.rsplit_once(':')).map(|(h, _)| h).or(d.srv.as_deref()).unwrap_or("");
+    let host = d.name().map(|n| n.host().to_owned()).unwrap_or_default();
     for addr in &d.resolved {
         let text = addr.to_string();
         // An address another entry lists already is that entry's server.
         if servers.len() < MAX_SERVERS && !servers.iter().any(|(a, _)| a.text == text) {
-            let server = ServerAddr { text, host: host.to_owned(), port: addr.port(), ip: Some(*addr) };
+            let server = ServerAddr { text, host: host.clone(), port: addr.port(), ip: Some(*addr) };
             servers.push((server, d.weight));
         }
     }

@@ -15,6 +15,13 @@ pub struct ServerAddr {
     pub ip: Option<SocketAddr>,
 }
 
+/// A host name of letters, digits, `-`, `_` and dots, at most 253 characters.
+pub fn valid_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+}
+
 impl ServerAddr {
     /// Parses `host:port` (IPv6 as `[::1]:80`); the error says what is wrong.
     pub fn parse(text: &str) -> Result<ServerAddr, String> {
@@ -26,10 +33,7 @@ impl ServerAddr {
         }
         let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not host:port"))?;
         let port: u16 = port.parse().map_err(|_| format!("{text:?} has an invalid port"))?;
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
-        if !valid_host || port == 0 {
+        if !valid_host_name(host) || port == 0 {
             return Err(format!("{text:?} is not host:port"));
         }
         Ok(ServerAddr { text: text.into(), host: host.into(), port, ip: None })

@@ -6,7 +6,7 @@ mod policy;
 mod pool;
 mod select;
 
-pub use address::ServerAddr;
+pub use address::{ServerAddr, valid_host_name};
 pub use health::{HealthState, Live, Outlier, Thresholds, Transition, ejection_time};
 pub use policy::{Backoff, Budget, CircuitBreaker, Overflow, RetryOn, RetryPolicy, RetryReason};
 pub use pool::{
