@@ -623,3 +623,30 @@ fn read_cas(runtime: &Runtime) -> BTreeMap<String, Arc<CaType>> {
     }
     cas
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file::load_text;
+
+    /// A discovery refresh rebuilds the config in force, and with it the JWKS key store: the fetcher must follow
+    /// the new store, or rotated keys are never fetched again (the old fetcher ends with the old runtime).
+    #[test]
+    fn a_discovery_refresh_hands_the_jwks_fetcher_the_new_key_store() {
+        let yaml = "mode: api_gateway\nupstreams:\n  app: { servers: [{ dns: \"app.internal:8080\" }] }\n\
+                    api_gateway:\n  routes: { api: { path_pattern: \"^/\", upstream: app, middlewares: [auth] } }\n  \
+                    middlewares:\n    authentication: { jwks_url: \"http://127.0.0.1:9/jwks.json\", algorithms: [RS256] }\n";
+        let valid = load_text(yaml, &Overrides::default()).expect("config");
+        let shared = Shared::new(valid, Env::production(), ConfigSource::default()).expect("shared");
+        let name = Name::Dns { host: "app.internal".into(), port: 8080 };
+        let addr = "10.0.0.7:8080".parse().expect("addr");
+        assert_eq!(shared.record_answer(&name, Ok(vec![addr])), Outcome::Changed);
+        shared.rediscover();
+        let runtime = shared.runtime();
+        assert_eq!(runtime.pools()[0].servers().len(), 1, "the answer's server is in the group");
+        assert_eq!(runtime.generation(), 1, "a refresh is not a reload");
+        let fetched = shared.jwks.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
+        let store = runtime.jwks().expect("a key store");
+        assert!(fetched.is_some_and(|f| Arc::ptr_eq(&f, store)), "the fetcher refreshes the store in force");
+    }
+}
