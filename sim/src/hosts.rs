@@ -107,7 +107,8 @@ async fn serve_one(
 ) -> std::io::Result<()> {
     let head = read_head(&mut stream).await?;
     let (path, id) = parse_request(&head);
-    let [traceparent, tracestate] = ["traceparent", "tracestate"].map(|name| header_value(&head, name));
+    let text = String::from_utf8_lossy(&head);
+    let [traceparent, tracestate] = ["traceparent", "tracestate"].map(|name| header_raw(&text, name));
     drain_body(&mut stream, &head).await?;
     let health = path == "/health";
     let b = behaviour.borrow().clone();
@@ -246,16 +247,6 @@ fn parse_request(head: &[u8]) -> (String, Option<u64>) {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-sim-id"))
         .and_then(|(_, v)| v.trim().parse().ok());
     (path, id)
-}
-
-/// A header's value in a request head (the first one, trimmed).
-fn header_value(head: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(head);
-    text.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
 }
 
 /// Commands from the driver to the proxy host.
@@ -404,6 +395,13 @@ pub struct Planned {
     pub upstream_path: Option<String>,
 }
 
+impl Planned {
+    /// A header its class adds, by name.
+    pub fn class_header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+}
+
 /// Plays the planned requests (open loop: each at its time, whatever the others are doing). With
 /// `keep_alive`, requests share a pool of idle connections to the proxy, as a browser's or an HTTP client
 /// library's pool does: a request takes the connection idle the shortest time, or opens one when none is idle,
@@ -435,8 +433,8 @@ async fn send(req: Planned, timeout: Duration, pool: Option<Idle>, trace: &Trace
         key: req.key.as_ref().map(|(_, v)| v.clone()),
         expect: req.expect.clone(),
         upstream_path: req.upstream_path.clone(),
-        traceparent: class_header(&req.headers, "traceparent"),
-        tracestate: class_header(&req.headers, "tracestate"),
+        traceparent: req.class_header("traceparent"),
+        tracestate: req.class_header("tracestate"),
     });
     let result = tokio::time::timeout(timeout, exchange(&req, pool.as_ref(), trace)).await;
     let latency_us = us(sent.elapsed());
@@ -447,11 +445,6 @@ async fn send(req: Planned, timeout: Duration, pool: Option<Idle>, trace: &Trace
         Err(_) => Event::Failed { t_us: now_us(), id: req.id, kind: "client_timeout".into(), latency_us },
     };
     trace.push(event);
-}
-
-/// A header the request's class adds, by name.
-fn class_header(headers: &[(String, String)], name: &str) -> Option<String> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 /// The status of the answer, and whether its body arrived whole.
@@ -555,11 +548,17 @@ fn framing(response: &[u8]) -> Framing {
     Framing::Complete { keep: !close }
 }
 
+/// A header's value, lowercased (for framing decisions).
 fn header(head: &str, name: &str) -> Option<String> {
+    header_raw(head, name).map(|v| v.to_ascii_lowercase())
+}
+
+/// A header's value as sent (trimmed): the first line of `head` with that name.
+fn header_raw(head: &str, name: &str) -> Option<String> {
     head.split("\r\n")
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .map(|(_, v)| v.trim().to_string())
 }
 
 fn status_of(response: &[u8]) -> std::io::Result<u16> {

@@ -121,8 +121,8 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
                         key,
                         expect: req.expect.clone(),
                         upstream_path: req.upstream_path.clone(),
-                        traceparent: class_header(&req.headers, "traceparent"),
-                        tracestate: class_header(&req.headers, "tracestate"),
+                        traceparent: req.class_header("traceparent"),
+                        tracestate: req.class_header("tracestate"),
                     });
                     let mut builder = http
                         .request(req.method.parse().unwrap(), format!("{url}{}", req.path))
@@ -197,10 +197,6 @@ fn play(path: &str) -> Vec<oracle::Verdict> {
     let text = client().get(proxy.control_url("/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     events.push(oracle::counted(&text, us(t0.elapsed())));
     oracle::check(&scenario, &events, t0.elapsed(), false)
-}
-
-fn class_header(headers: &[(String, String)], name: &str) -> Option<String> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 fn collect_received(b: &Backend, host: &str, t0: tokio::time::Instant, events: &Mutex<Vec<Event>>) {
