@@ -920,6 +920,11 @@ impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether it is an `http://` or `https://` URL with a host (what an outbound HTTP call can use).
+    pub fn is_http(&self) -> bool {
+        url::Url::parse(&self.0).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    }
 }
 
 impl fmt::Display for SecretUrl {

@@ -108,9 +108,8 @@ impl Authenticator {
                     "jwks_url and jwt_public_key_path both give the keys of RS, PS, ES and EdDSA tokens: keep one".into(),
                 );
             }
-            match url::Url::parse(url.expose()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => fail(format!("{path}.jwks_url"), format!("{url} is not an http:// or https:// URL")),
+            if !url.is_http() {
+                fail(format!("{path}.jwks_url"), format!("{url} is not an http:// or https:// URL"));
             }
             if c.jwks_refresh_secs == 0 {
                 fail(format!("{path}.jwks_refresh_secs"), "must be at least 1".into());
