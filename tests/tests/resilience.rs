@@ -80,8 +80,9 @@ fn a_post_that_reached_a_server_is_never_sent_again() {
 #[test]
 fn a_slow_attempt_hits_its_per_try_timeout_and_goes_to_another_server() {
     let b = backends(2);
-    b[0].delay_ms(5000);
-    let proxy = Proxy::start(&config(&b, "    retry: { attempts: 1, on: [timeout], per_try_timeout_secs: 1 }\n"));
+    // 600 ms is under any whole-second timeout, so only a fractional per-try timeout moves these to s1.
+    b[0].delay_ms(600);
+    let proxy = Proxy::start(&config(&b, "    retry: { attempts: 1, on: [timeout], per_try_timeout_secs: 0.2 }\n"));
     let seen = tally(&proxy, 4, "/x");
     assert_eq!(seen, BTreeMap::from([((200, "s1".to_string()), 4)]), "{seen:?}");
     assert_eq!(b[0].requests(), 4, "each first attempt took s0's round-robin turn and timed out there");

@@ -368,9 +368,9 @@ pub struct RetryConfig {
     /// Methods that may be sent again once they may have reached a server (default: the idempotent ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
-    /// Each attempt's read timeout (default: the route's timeout).
+    /// Each attempt's read timeout in seconds, fractions allowed (default: the route's timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_try_timeout_secs: Option<u64>,
+    pub per_try_timeout_secs: Option<f64>,
     /// The wait before each retry (full jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffConfig>,

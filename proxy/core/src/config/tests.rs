@@ -255,7 +255,11 @@ fn every_resilience_key_is_checked_with_its_field_path() {
         ("retry: { retriable_status: [409] }", "upstreams.u.retry.retriable_status: has no effect"),
         ("retry: { methods: [GET, FETCH] }", "upstreams.u.retry.methods: not HTTP methods: FETCH"),
         ("retry: { methods: [] }", "upstreams.u.retry.methods: must list at least one method"),
-        ("retry: { per_try_timeout_secs: 0 }", "upstreams.u.retry.per_try_timeout_secs: must be at least 1"),
+        ("retry: { per_try_timeout_secs: 0 }", "upstreams.u.retry.per_try_timeout_secs: must be from 0.001"),
+        ("retry: { per_try_timeout_secs: 0.0001 }", "upstreams.u.retry.per_try_timeout_secs: must be from 0.001"),
+        ("retry: { per_try_timeout_secs: -1 }", "upstreams.u.retry.per_try_timeout_secs: must be from 0.001"),
+        ("retry: { per_try_timeout_secs: .nan }", "upstreams.u.retry.per_try_timeout_secs: must be from 0.001"),
+        ("retry: { per_try_timeout_secs: 1e30 }", "upstreams.u.retry.per_try_timeout_secs: must be from 0.001"),
         ("retry: { backoff: { base_ms: 100, max_ms: 10 } }", "upstreams.u.retry.backoff.max_ms"),
         ("retry: { budget: { percent: 0 } }", "upstreams.u.retry.budget.percent: must be 1 to 100"),
         ("retry: { max_body_bytes: 1000000 }", "upstreams.u.retry.max_body_bytes: must be at most 65536"),
@@ -288,6 +292,9 @@ fn resilience_defaults_are_those_of_the_spec() {
     assert!(retry.resends("PUT") && retry.resends("GET") && !retry.resends("POST") && !retry.resends("PATCH"));
     assert_eq!(retry.backoff, Backoff { base: Duration::from_millis(25), max: Duration::from_millis(250) });
     assert_eq!((retry.budget, retry.max_body_bytes, retry.per_try_timeout), (None, 65536, None));
+    let fraction = load(&lb_with("retry: { per_try_timeout_secs: 0.15 }"), &env(&[])).unwrap();
+    let per_try = fraction.groups[0].retry.as_ref().and_then(|r| r.per_try_timeout);
+    assert_eq!(per_try, Some(Duration::from_millis(150)), "a fraction of a second is a per-try timeout under one");
     let o = g.outlier.unwrap();
     assert_eq!((o.consecutive_5xx, o.consecutive_gateway_failure), (Some(5), None));
     assert_eq!((o.base_ejection, o.max_ejection), (Duration::from_secs(30), Duration::from_secs(300)));

@@ -428,6 +428,10 @@ fn group_spec(name: &str, u: &UpstreamConfig, p: &mut Problems) -> Option<GroupS
 
 /// The most of a request body the HTTP layer keeps for sending again (Pingora's retry buffer).
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+/// The shortest per-try timeout accepted, in seconds (1 ms).
+const MIN_PER_TRY_SECS: f64 = 0.001;
+/// The longest per-try timeout accepted, in seconds (a day).
+const MAX_PER_TRY_SECS: f64 = 86_400.0;
 
 fn retry_policy(path: &str, r: &RetryConfig, p: &mut Problems) -> RetryPolicy {
     if r.attempts == 0 || r.attempts > MAX_RETRIES {
@@ -474,9 +478,16 @@ fn retry_policy(path: &str, r: &RetryConfig, p: &mut Problems) -> RetryPolicy {
             MethodSet::default()
         }
     };
-    if r.per_try_timeout_secs == Some(0) {
-        p.add(format!("{path}.per_try_timeout_secs"), "must be at least 1");
-    }
+    // Fractions, as Envoy's per_try_timeout and nginx's proxy_read_timeout 100ms allow: a policy that calls a
+    // 200 ms answer too slow needs a timeout under a second. Checked here because from_secs_f64 panics on
+    // what is out of range.
+    let per_try_timeout = r.per_try_timeout_secs.and_then(|secs| {
+        let valid = (MIN_PER_TRY_SECS..=MAX_PER_TRY_SECS).contains(&secs);
+        if !valid {
+            p.add(format!("{path}.per_try_timeout_secs"), "must be from 0.001 to 86400 seconds (0.1 is 100 ms)");
+        }
+        valid.then(|| Duration::from_secs_f64(secs))
+    });
     let backoff =
         r.backoff.as_ref().map_or(Backoff { base: Duration::from_millis(25), max: Duration::from_millis(250) }, |b| {
             if b.max_ms < b.base_ms {
@@ -501,7 +512,7 @@ fn retry_policy(path: &str, r: &RetryConfig, p: &mut Problems) -> RetryPolicy {
         on,
         retriable_status: r.retriable_status.clone(),
         methods,
-        per_try_timeout: r.per_try_timeout_secs.map(Duration::from_secs),
+        per_try_timeout,
         backoff,
         budget,
         max_body_bytes: r.max_body_bytes,
