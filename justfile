@@ -67,6 +67,10 @@ bench-baseline:
 bench-peers:
     bash benches/scripts/peers.sh
 
+# The benchmark of failure: nginx, HAProxy and locci under one policy, an upstream killed, slowed and failing in turn.
+bench-failover:
+    bash benches/scripts/failover.sh
+
 # Is locci-loadgen the bottleneck? It against wrk on the same fast server (installs wrk when missing).
 bench-loadgen:
     bash benches/scripts/loadgen-vs-wrk.sh

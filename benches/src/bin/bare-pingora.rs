@@ -2,7 +2,7 @@
 //! the same server settings locci uses. `just bench-peers` runs it beside locci, so the share of the gap to
 //! nginx that belongs to Pingora itself, and the share that is locci's, can be read off one table.
 //!
-//! Usage: `bare-pingora LISTEN UPSTREAM...` (one worker thread).
+//! Usage: `bare-pingora LISTEN UPSTREAM...` (one worker thread; `BARE_THREADS=N` for N).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -53,8 +53,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     // A bench tool: SIGTERM stops it at once instead of after Pingora's default grace period.
+    let threads = std::env::var("BARE_THREADS").ok().and_then(|n| n.parse().ok()).filter(|n| *n >= 1).unwrap_or(1);
     let conf = ServerConf {
-        threads: 1,
+        threads,
         upstream_keepalive_pool_size: 64,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
