@@ -33,23 +33,14 @@ PROXIES=${PROXIES:-nginx haproxy locci}; FAULTS=${FAULTS:-kill slow error}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/bench-failover}
 
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v tcpdump >/dev/null || [ -x /usr/bin/tcpdump ] || need+=(tcpdump)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. benches/scripts/common.sh
+install_missing nginx:nginx-light haproxy:haproxy tcpdump:tcpdump
 NGINX=$(command -v nginx || echo /usr/sbin/nginx); HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 TCPDUMP=$(command -v tcpdump || echo /usr/bin/tcpdump)
 cargo build -q --release -p locci-proxy -p locci-loadgen -p locci-benches --bin locci-proxy --bin locci-loadgen --bin fault-upstream
 LOCCI=$TARGET/release/locci-proxy; LOADGEN=$TARGET/release/locci-loadgen; FAULTY=$TARGET/release/fault-upstream
 
 rm -rf "$OUT"; mkdir -p "$OUT"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap stop_all EXIT

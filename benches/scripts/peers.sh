@@ -24,20 +24,14 @@ SETUPS=${SETUPS:-1w-keepalive 2w-keepalive 1w-close}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/bench-peers}
 
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. benches/scripts/common.sh
+install_missing nginx:nginx-light haproxy:haproxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx); HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 cargo build -q --release -p locci-proxy -p locci-loadgen -p locci-benches --bin locci-proxy --bin locci-loadgen --bin bare-pingora
 LOCCI=$TARGET/release/locci-proxy; LOADGEN=$TARGET/release/locci-loadgen; BARE=$TARGET/release/bare-pingora
 
 rm -rf "$OUT"; mkdir -p "$OUT"
 ROOT=$OUT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap cleanup EXIT
@@ -109,9 +103,7 @@ taskset -c "$PROXY_CPUS" "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" & pids+=($!); N
 taskset -c "$PROXY_CPUS" "$HAPROXY" -f "$OUT/haproxy.cfg" & pids+=($!); HA_PID=$!
 taskset -c "$PROXY_CPUS" "$LOCCI" --config "$OUT/locci.yaml" > "$OUT/locci.log" 2>&1 & pids+=($!); LOCCI_PID=$!
 BARE_THREADS=$WORKERS taskset -c "$PROXY_CPUS" "$BARE" "127.0.0.1:$PB" "127.0.0.1:$U1" "127.0.0.1:$U2" "127.0.0.1:$U3" > "$OUT/bare.log" 2>&1 & pids+=($!); BARE_PID=$!
-for p in $U1 $U2 $U3 $PN $PH $PL $PB; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+for p in $U1 $U2 $U3 $PN $PH $PL $PB; do wait_port "$p"; done
 
 # RSS of a process and its children, in KiB.
 rss() { local total=0; for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $total; }

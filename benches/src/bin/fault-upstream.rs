@@ -71,7 +71,7 @@ async fn serve(listen: SocketAddr, out: String) -> std::io::Result<()> {
             _ = term.recv() => break,
         }
     }
-    let arrivals = state.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let arrivals = state.arrivals.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
     let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
     for at in arrivals {
         writeln!(file, "{at}")?;
