@@ -11,6 +11,10 @@ pub const NO_LABEL: &str = "none";
 /// Request duration buckets, in seconds.
 pub const DURATION_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// The status codes 100 to 599 as label text, made once: not a `to_string` per request.
+static STATUS_TEXT: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (100..600u16).map(|s| s.to_string()).collect());
+
 /// Every metric locci exports.
 pub struct Metrics {
     registry: Registry,
@@ -183,8 +187,15 @@ impl Metrics {
 
     /// Counts one answered request and its duration.
     pub fn request(&self, mode: &str, route: &str, upstream: &str, status: u16, seconds: f64) {
-        let status = status.to_string();
-        self.requests.with_label_values(&[mode, route, upstream, &status]).inc();
+        let owned;
+        let status = match STATUS_TEXT.get(usize::from(status).wrapping_sub(100)) {
+            Some(text) => text.as_str(),
+            None => {
+                owned = status.to_string();
+                owned.as_str()
+            }
+        };
+        self.requests.with_label_values(&[mode, route, upstream, status]).inc();
         self.duration.with_label_values(&[mode, route, upstream]).observe(seconds);
     }
 

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
+use http::header::{CONNECTION, HOST};
 use locci_core::attempt::{AfterFailure, Attempts, Resend, UpstreamError};
 use locci_core::edge::ClientError;
 use locci_core::forwarding;
 use locci_core::middleware::{Now, Rejection};
-use locci_core::request::Headers;
 use locci_core::respond::{Failure, Reply};
 use locci_core::runtime::Served;
 use locci_core::trace::TraceContext;
@@ -23,7 +24,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::headers::HeaderView;
+use super::headers::{HeaderView, names};
 use super::health::log_transition;
 use super::transport::resolve;
 use crate::app::{RequestGuard, Shared};
@@ -49,9 +50,15 @@ impl Gateway {
         let header = session.req_header();
         let headers = HeaderView(header);
         ctx.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(ctx.peer);
-        ctx.client_ip = forwarding::client_ip(ctx.peer, headers.get("x-forwarded-for"), runtime.trusted());
-        ctx.request_id = forwarding::request_id(headers.get("x-request-id"), &*self.shared.env.entropy).into_owned();
-        let traceparents = header.headers.get_all("traceparent").iter().map(|v| v.to_str().unwrap_or(""));
+        let xff = header.headers.get(&names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        ctx.client_ip = forwarding::client_ip(ctx.peer, xff, runtime.trusted());
+        // Built once, shared by the upstream request and the response: a client's valid ID is its own value.
+        let sent = header.headers.get(&names::X_REQUEST_ID);
+        ctx.request_id = match forwarding::request_id(sent.and_then(|v| v.to_str().ok()), &*self.shared.env.entropy) {
+            Cow::Borrowed(_) => sent.cloned().unwrap_or_else(|| HeaderValue::from_static("")),
+            Cow::Owned(new) => HeaderValue::try_from(new).unwrap_or_else(|_| HeaderValue::from_static("")),
+        };
+        let traceparents = header.headers.get_all(&names::TRACEPARENT).iter().map(|v| v.to_str().unwrap_or(""));
         ctx.trace = TraceContext::start(traceparents, runtime.sample_ratio(), &*self.shared.env.entropy);
         let uri = &header.uri;
         let path = match runtime.normalize_path(uri.path()) {
@@ -183,7 +190,8 @@ impl Gateway {
 pub struct RequestCtx {
     runtime: Option<Arc<Runtime>>,
     started: Option<Instant>,
-    request_id: String,
+    /// The request ID (the client's when valid), the value sent upstream and back.
+    request_id: HeaderValue,
     /// Its place in its trace (W3C trace context).
     trace: TraceContext,
     /// The TCP peer.
@@ -225,6 +233,11 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The request ID as text (it is checked to be printable ASCII when made).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+
     fn pool(&self) -> Option<&Arc<Pool>> {
         self.runtime.as_ref()?.pools().get(self.group?)
     }
@@ -238,7 +251,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             runtime: None,
             started: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             trace: TraceContext::NONE,
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -291,7 +304,7 @@ impl ProxyHttp for Gateway {
                 if self.shared.draining() {
                     session.set_keepalive(None);
                 }
-                write_reply(session, &reply, &ctx.request_id).await?;
+                write_reply(session, &reply, ctx.request_id()).await?;
                 Ok(true)
             }
         }
@@ -407,27 +420,32 @@ impl ProxyHttp for Gateway {
             let uri = path.parse().map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
             upstream.set_uri(uri);
         }
-        let listed: Vec<String> = forwarding::listed_hop_by_hop(HeaderView(upstream).get("connection"))
-            .map(str::to_ascii_lowercase)
-            .collect();
-        for name in forwarding::STRIPPED.iter().copied().chain(listed.iter().map(String::as_str)) {
+        // Names are looked up as parsed `HeaderName`s and values moved or shared, not copied; each insert still
+        // parses its name and writes two maps, which is Pingora's case-preserving header map (GUIDE §10).
+        let connection = upstream.headers.get(&CONNECTION).and_then(|v| v.to_str().ok());
+        let listed: Vec<String> = forwarding::listed_hop_by_hop(connection).map(str::to_ascii_lowercase).collect();
+        for name in names::STRIPPED.iter() {
             upstream.remove_header(name);
         }
-        let xff = forwarding::forwarded_for(HeaderView(upstream).get("x-forwarded-for"), ctx.peer);
+        for name in &listed {
+            upstream.remove_header(name.as_str());
+        }
+        let existing = upstream.headers.get(&names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let xff = forwarding::forwarded_for(existing, ctx.peer);
         upstream.insert_header("x-forwarded-for", xff)?;
-        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
-        upstream.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = HeaderView(upstream).get("host").map(str::to_owned) {
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
+        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }))?;
+        if let Some(host) = upstream.headers.get(&HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         upstream.insert_header("traceparent", ctx.trace.traceparent())?;
         if !ctx.trace.keeps_tracestate() {
-            upstream.remove_header("tracestate");
+            upstream.remove_header(&names::TRACESTATE);
         }
         if !ctx.runtime.as_ref().is_none_or(|r| r.upstream_keepalive()) {
             // Pingora's pool keeps a connection even at size 0; asking the server to close is what stops reuse.
-            upstream.insert_header("connection", "close")?;
+            upstream.insert_header("connection", HeaderValue::from_static("close"))?;
         }
         Ok(())
     }
@@ -474,7 +492,7 @@ impl ProxyHttp for Gateway {
             ctx.upgraded = true;
             self.shared.metrics.upgraded(1);
         }
-        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        response.insert_header("x-request-id", ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -497,7 +515,7 @@ impl ProxyHttp for Gateway {
         let resend = self.resend(session, ctx);
         let after = ctx.attempts.fail(&pool, idx, error, resend, self.shared.env.clock.now());
         tracing::warn!(upstream = pool.name(), server = ctx.last_server.as_deref().unwrap_or(""),
-            error_type = e.etype().as_str(), request_id = %ctx.request_id, "upstream connect failed");
+            error_type = e.etype().as_str(), request_id = %ctx.request_id(), "upstream connect failed");
         e.set_retry(self.heed(&pool, idx, &after, "connect failures"));
         e
     }
@@ -553,14 +571,14 @@ impl ProxyHttp for Gateway {
             if e.esource() == &ErrorSource::Upstream {
                 tracing::warn!(upstream = ctx.pool().map(|p| p.name()).unwrap_or(""),
                     server = ctx.last_server.as_deref().unwrap_or(""), error_type = failure.kind(),
-                    error = %e, request_id = %ctx.request_id, "upstream failure");
+                    error = %e, request_id = %ctx.request_id(), "upstream failure");
             }
             // The connection is not reused after a failure: say so, so the client does not send on it.
             session.set_keepalive(None);
             // A failure mid-body: the client has the head, so the only honest signal left is the connection
             // closing before the body's end (as nginx and Envoy do); no second head is written.
             if session.response_written().is_none()
-                && let Err(err) = write_reply(session, &reply, &ctx.request_id).await
+                && let Err(err) = write_reply(session, &reply, ctx.request_id()).await
             {
                 tracing::debug!(error = %err, "could not send error response");
             }
@@ -617,13 +635,13 @@ impl ProxyHttp for Gateway {
                 status,
                 upstream: ctx.pool().map(|p| p.name().to_owned()),
                 server: ctx.last_server.clone(),
-                request_id: ctx.request_id.clone(),
+                request_id: ctx.request_id().to_owned(),
                 client_ip: ctx.client_ip,
             });
         }
         tracing::info!(
             target: "locci::request",
-            request_id = %ctx.request_id,
+            request_id = %ctx.request_id(),
             trace_id = %ctx.trace.trace_id(),
             method = %header.method,
             path = %header.uri.path(),
