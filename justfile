@@ -67,6 +67,10 @@ bench-baseline:
 bench-peers:
     bash benches/scripts/peers.sh
 
+# Instructions per request (callgrind) for nginx, bare Pingora and locci, and where locci's extra ones go.
+bench-instructions:
+    bash benches/scripts/instructions.sh
+
 # The benchmark of failure: nginx, HAProxy and locci under one policy, an upstream killed, slowed and failing in turn.
 bench-failover:
     bash benches/scripts/failover.sh
